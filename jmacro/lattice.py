@@ -59,7 +59,7 @@ def pad_periodic(x: Shaped[Array, "H W"]) -> Shaped[Array, "H+2 W+2"]:
     return jnp.pad(x, 1, mode="wrap")
 
 
-def neighbour_sum_padded(padded: Shaped[Array, "H+2 W+2"]) -> Int[Array, "H W"]:
+def neighbour_sum_padded(padded: Shaped[Array, "Hp Wp"]) -> Int[Array, "Hp-2 Wp-2"]:
     """Sum of the four nearest neighbours of every interior site of a padded lattice.
 
     The result is ``int32`` so that int8 spins never overflow.
@@ -73,7 +73,7 @@ def neighbour_sum(spins: Shaped[Array, "H W"]) -> Int[Array, "H W"]:
     return neighbour_sum_padded(pad_periodic(spins))
 
 
-def neighbour_min_padded(padded: Float[Array, "H+2 W+2"]) -> Float[Array, "H W"]:
+def neighbour_min_padded(padded: Float[Array, "Hp Wp"]) -> Float[Array, "Hp-2 Wp-2"]:
     """Minimum over the four nearest neighbours of every interior site of a padded array."""
     return jnp.minimum(
         jnp.minimum(padded[:-2, 1:-1], padded[2:, 1:-1]),
@@ -152,7 +152,7 @@ def patch_origin(shape: tuple[int, int], patch: tuple[int, int], index) -> tuple
 
 def extract_patch(
     x: Shaped[Array, "H W"], index, patch: int | tuple[int, int], halo: int = 0
-) -> Shaped[Array, "h+2*halo w+2*halo"]:
+) -> Shaped[Array, "hh ww"]:
     """Patch ``index`` of a periodic lattice, with ``halo`` extra rings of its real neighbours.
 
     ``index`` may be traced (one ``dynamic_slice``). With ``halo = 1`` the result is the padded

@@ -59,6 +59,9 @@ def run_attempts(
         key, key_site, key_u = jr.split(key, 3)
         sites = jr.randint(key_site, (_CHUNK,), 0, num_sites)
         uniforms = jr.uniform(key_u, (_CHUNK,))
+        # Materialise the random numbers once per chunk: without the barrier XLA may fuse
+        # their generation into every iteration of the attempt loop.
+        sites, uniforms = jax.lax.optimization_barrier((sites, uniforms))
 
         def attempt(j, inner):
             carry, num_flips, num_attempts = inner

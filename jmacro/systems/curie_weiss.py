@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-from jaxtyping import Array, Float, Int8, PRNGKeyArray
+from jaxtyping import Array, Float, Int8, PRNGKeyArray, Shaped
 
 from jmacro._checks import check_lattice_shape, check_positive_int, check_spins, is_concrete
 from jmacro.systems import _uniformized
@@ -81,7 +81,7 @@ class CurieWeiss(AbstractSpinSystem):
 
     def advance_events(
         self,
-        spins: Int8[Array, "H W"],
+        spins: Shaped[Array, "H W"],
         key: PRNGKeyArray,
         num_events: int | None = None,
         background_sum: int | Array = 0,
@@ -122,7 +122,7 @@ class CurieWeiss(AbstractSpinSystem):
 
     def advance_time(
         self,
-        spins: Int8[Array, "H W"],
+        spins: Shaped[Array, "H W"],
         key: PRNGKeyArray,
         duration: float | Array = 1.0,
         background_sum: int | Array = 0,

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-from jaxtyping import Array, Float, Int8, PRNGKeyArray
+from jaxtyping import Array, Float, Int8, PRNGKeyArray, Shaped
 
 from jmacro import lattice
 from jmacro._checks import (
@@ -119,10 +119,10 @@ class GlauberIsing(AbstractSpinSystem):
     # ------------------------------------------------------------------ continuous time
     def advance_events(
         self,
-        spins: Int8[Array, "H W"],
+        spins: Shaped[Array, "H W"],
         key: PRNGKeyArray,
         num_events: int | None = None,
-        halo: Int8[Array, "H+2 W+2"] | None = None,
+        halo: Shaped[Array, "H+2 W+2"] | None = None,
     ) -> tuple[Int8[Array, "H W"], Float[Array, ""]]:
         """Advance by exactly ``num_events`` spin flips (default H*W: the reference's "step").
 
@@ -159,10 +159,10 @@ class GlauberIsing(AbstractSpinSystem):
 
     def advance_time(
         self,
-        spins: Int8[Array, "H W"],
+        spins: Shaped[Array, "H W"],
         key: PRNGKeyArray,
         duration: float | Array = 1.0,
-        halo: Int8[Array, "H+2 W+2"] | None = None,
+        halo: Shaped[Array, "H+2 W+2"] | None = None,
         method: str = "parallel",
     ) -> Int8[Array, "H W"]:
         """Advance by a fixed continuous-time interval ``duration`` (in sweeps).
@@ -188,7 +188,7 @@ class GlauberIsing(AbstractSpinSystem):
             attempts = _uniformized.num_ticks(key_count, duration, spins.size)
             return self._sequential(spins, key_run, halo, max_attempts=attempts)[0]
         if method == "parallel":
-            return self._parallel(spins, key, duration, halo)
+            return self._parallel(spins, key, duration, halo)[0]
         raise ValueError(f"method must be 'parallel' or 'sequential', got {method!r}.")
 
     def _check(self, spins, halo):
@@ -260,30 +260,34 @@ class GlauberIsing(AbstractSpinSystem):
             active = first & (tau < duration)
             rate = self.flip_rate(spins, lattice.neighbour_sum_padded(pad_spins(spins)))
             accepted = u < rate
-            spins = jnp.where(active & accepted, -spins, spins)
+            flips = active & accepted
+            spins = jnp.where(flips, -spins, spins)
             # Reuse u: given the accept decision, the rescaled u is uniform and independent.
             v = jnp.where(accepted, u / rate, (u - rate) / (1.0 - rate))
             tau = jnp.where(active, tau - jnp.log1p(-jnp.minimum(v, _V_MAX)), tau)
-            return (spins, tau), None
+            return (spins, tau), (flips.sum(), active.sum())
 
         def chunk(state):
-            spins, tau, key = state
+            spins, tau, key, num_flips, num_attempts = state
             key, sub = jr.split(key)
             uniforms = jr.uniform(sub, (_WAVES_PER_CHECK, *shape))
-            (spins, tau), _ = jax.lax.scan(wave, (spins, tau), uniforms)
-            return spins, tau, key
+            (spins, tau), (flips, attempts) = jax.lax.scan(wave, (spins, tau), uniforms)
+            return spins, tau, key, num_flips + flips.sum(), num_attempts + attempts.sum()
 
         def pending(state):
             return jnp.any(state[1] < duration)
 
         key_tau, key_run = jr.split(key)
         tau = jr.exponential(key_tau, shape)
-        spins, _, _ = jax.lax.while_loop(pending, chunk, (spins, tau, key_run))
-        return spins
+        zero = jnp.zeros((), jnp.int32)
+        spins, _, _, num_flips, num_attempts = jax.lax.while_loop(
+            pending, chunk, (spins, tau, key_run, zero, zero)
+        )
+        return spins, num_flips, num_attempts
 
     # ------------------------------------------------------------------ discrete time
     def checkerboard_sweeps(
-        self, spins: Int8[Array, "H W"], key: PRNGKeyArray, num_sweeps: int = 1
+        self, spins: Shaped[Array, "H W"], key: PRNGKeyArray, num_sweeps: int = 1
     ) -> Int8[Array, "H W"]:
         """Discrete-time heat-bath sweeps: update all even sites, then all odd sites.
 
