@@ -1,8 +1,19 @@
 """jmacro: scalable learning of macroscopic stochastic dynamics, in JAX."""
 
-from jmacro import lattice, observables, systems
+from jmacro import lattice, metrics, models, observables, rollout, systems, training
 from jmacro.systems import CurieWeiss, GlauberIsing
 
 __version__ = "0.1.0"
 
-__all__ = ["CurieWeiss", "GlauberIsing", "__version__", "lattice", "observables", "systems"]
+__all__ = [
+    "CurieWeiss",
+    "GlauberIsing",
+    "__version__",
+    "lattice",
+    "metrics",
+    "models",
+    "observables",
+    "rollout",
+    "systems",
+    "training",
+]

@@ -1,0 +1,61 @@
+"""Learned models: the patch-additive closure autoencoder and the latent SDE."""
+
+from jmacro.models.base import AbstractNonTrainable
+from jmacro.models.closure import (
+    KNOWN_OBSERVABLES,
+    ClosureAutoencoder,
+    FieldDecoder,
+    FieldPatchMLP,
+    SpinDecoder,
+    SpinPatchCNN,
+    field_means,
+    ising_observables,
+    known_observables,
+    magnetisation_observable,
+    make_field_autoencoder,
+    make_spin_autoencoder,
+    spin_binary_cross_entropy,
+)
+from jmacro.models.registry import MODEL_BUILDERS, build_model, model_hyperparams
+from jmacro.models.sde import (
+    DIFFUSION_MODES,
+    AbstractDiffusion,
+    ConstantDiagonalDiffusion,
+    ConstantDiffusion,
+    DiagonalDiffusion,
+    FullDiffusion,
+    LatentNormaliser,
+    LatentSDE,
+    make_diffusion,
+    make_latent_sde,
+)
+
+__all__ = [
+    "DIFFUSION_MODES",
+    "KNOWN_OBSERVABLES",
+    "MODEL_BUILDERS",
+    "AbstractDiffusion",
+    "AbstractNonTrainable",
+    "ClosureAutoencoder",
+    "ConstantDiagonalDiffusion",
+    "ConstantDiffusion",
+    "DiagonalDiffusion",
+    "FieldDecoder",
+    "FieldPatchMLP",
+    "FullDiffusion",
+    "LatentNormaliser",
+    "LatentSDE",
+    "SpinDecoder",
+    "SpinPatchCNN",
+    "build_model",
+    "field_means",
+    "ising_observables",
+    "known_observables",
+    "magnetisation_observable",
+    "make_diffusion",
+    "make_field_autoencoder",
+    "make_latent_sde",
+    "make_spin_autoencoder",
+    "model_hyperparams",
+    "spin_binary_cross_entropy",
+]

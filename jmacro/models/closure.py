@@ -1,0 +1,531 @@
+"""Closure autoencoder with a patch-additive encoder.
+
+The latent of one configuration x is
+
+    z(x) = (1/K) sum_k encode_patch(x_{I_k}),     encode_patch(p) = (z*(p), phi_loc(p)),
+
+over the K patches I_k that tile the lattice (``jmacro.lattice.tile``): z* are the system's
+known observables (spatial means, so the patch mean of patch values is the full value) and
+phi_loc is a small local network. The encoder is therefore exactly patch-additive, which is
+what the partial-evolution pairs rely on: moving one patch changes z by
+(encode_patch(new) - encode_patch(old)) / K.
+
+A decoder maps z back to a whole configuration; the autoencoder is trained on reconstruction
+only: binary cross-entropy for spins (decoder outputs the logits of P(s = +1) per site), mean
+squared error for fields. With ``closure_dim = 0`` there is no network at all: the encoder
+returns z* and there is nothing to train.
+
+Shapes: a spin configuration is ``(H, W)`` (int8 or float, values -1/+1), a spin patch
+``(h, w)``; a field configuration is ``(n_cells, n_species)`` (1D space, e.g. (u, v) on 200
+cells), a field patch ``(n_patch_cells, n_species)``. Models act on ONE configuration.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+from jaxtyping import Array, Float, PRNGKeyArray, Shaped
+
+from jmacro import lattice
+from jmacro._checks import check_positive_int
+from jmacro.observables import domain_wall_density, magnetisation
+
+
+# ------------------------------------------------------------------------ known observables
+def ising_observables(patch: Shaped[Array, "h w"]) -> Float[Array, "2"]:
+    """(magnetisation, domain-wall density) of a spin patch, bonds wrapping periodically."""
+    return jnp.stack([magnetisation(patch), domain_wall_density(patch)])
+
+
+def magnetisation_observable(patch: Shaped[Array, "h w"]) -> Float[Array, "1"]:
+    """(magnetisation,) of a spin patch: the closed observable of Curie-Weiss."""
+    return magnetisation(patch)[None]
+
+
+def field_means(patch: Shaped[Array, "n s"]) -> Float[Array, " s"]:
+    """Mean over cells of each species of a 1D field patch ``(n_cells, n_species)``."""
+    return jnp.mean(patch.astype(jnp.float32), axis=0)
+
+
+KNOWN_OBSERVABLES: dict[str, Callable[[Array], Array]] = {
+    "ising": ising_observables,
+    "magnetisation": magnetisation_observable,
+    "field_means": field_means,
+}
+
+
+def known_observables(name: str) -> Callable[[Array], Array]:
+    """The known-observable function registered under ``name`` (see ``KNOWN_OBSERVABLES``)."""
+    try:
+        return KNOWN_OBSERVABLES[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown known-observable set {name!r}; use one of {sorted(KNOWN_OBSERVABLES)} "
+            "or register a function in jmacro.models.closure.KNOWN_OBSERVABLES."
+        ) from None
+
+
+# ------------------------------------------------------------------------- local encoders
+def _num_groups(channels: int) -> int:
+    # GroupNorm normalises each sample on its own (models act on one sample, so BatchNorm's
+    # batch statistics are not available); 8 groups is the usual choice, fewer if it must.
+    return math.gcd(channels, 8)
+
+
+class SpinPatchCNN(eqx.Module):
+    """phi_loc for spin patches: [conv3x3 -> GroupNorm -> LeakyReLU(0.2) -> maxpool2] * B
+    -> flatten -> linear -> ``out_size`` numbers.
+
+    Reference: B = 3 blocks of 32/64/128 channels for patches >= 16 (2 blocks for 8x8),
+    BatchNorm. Here the norm is GroupNorm (per sample: models act on one sample, so there are
+    no batch statistics) and the width is ``base_channels * 2**b``. ``base_channels=32`` is
+    the reference; smaller values trade capacity for CPU time, because the encoder runs on
+    all K patches of every snapshot and dominates the autoencoder's cost. Measured training
+    throughput, 64x64 lattice, 16x16 patches, batch 512, 2-core CPU: ~42 snapshots/s with 32,
+    ~320/s with 8 (``benchmarks/bench_training.py``): use 8 for CPU runs, 32 on a GPU.
+    """
+
+    convs: tuple[eqx.nn.Conv2d, ...]
+    norms: tuple[eqx.nn.GroupNorm, ...]
+    head: eqx.nn.Linear
+    patch_shape: tuple[int, int] = eqx.field(static=True)
+
+    def __init__(
+        self,
+        patch_shape: tuple[int, int],
+        out_size: int,
+        key: PRNGKeyArray,
+        base_channels: int = 32,
+        num_blocks: int | None = None,
+    ):
+        ph, pw = lattice.check_patch_size(patch_shape, patch_shape)
+        base_channels = check_positive_int(base_channels, "base_channels")
+        if num_blocks is None:
+            # The reference's rule: 3 pooling blocks, fewer for small patches (8x8 -> 2).
+            num_blocks = min(3, int(math.log2(min(ph, pw) // 2)))
+        if min(ph, pw) % 2**num_blocks:
+            raise ValueError(
+                f"patch {patch_shape} cannot be halved {num_blocks} times; use a patch side "
+                f"divisible by {2**num_blocks} or fewer blocks."
+            )
+        keys = jr.split(key, num_blocks + 1)
+        channels = [1] + [base_channels * 2**b for b in range(num_blocks)]
+        self.convs = tuple(
+            eqx.nn.Conv2d(channels[b], channels[b + 1], 3, padding=1, key=keys[b])
+            for b in range(num_blocks)
+        )
+        self.norms = tuple(eqx.nn.GroupNorm(_num_groups(c), c) for c in channels[1:])
+        flat = channels[-1] * (ph // 2**num_blocks) * (pw // 2**num_blocks)
+        self.head = eqx.nn.Linear(flat, out_size, key=keys[-1])
+        self.patch_shape = (ph, pw)
+
+    def __call__(self, patch: Shaped[Array, "h w"]) -> Float[Array, " c"]:
+        # Channels-last internally (the modules' parameters are the usual OIHW/(C,) ones):
+        # XLA:CPU runs these small convolutions 1.5-2.5x faster in NHWC than in NCHW.
+        h = patch.astype(jnp.float32)[:, :, None]
+        for conv, norm in zip(self.convs, self.norms, strict=True):
+            h = _max_pool_2x2(jax.nn.leaky_relu(_group_norm_hwc(norm, _conv_hwc(conv, h)), 0.2))
+        # Flatten in (C, H, W) order, as the channels-first reference does.
+        return self.head(jnp.moveaxis(h, -1, 0).reshape(-1))
+
+
+def _conv_hwc(conv: eqx.nn.Conv2d, x: Float[Array, "h w c"]) -> Float[Array, "h2 w2 o"]:
+    """``conv`` (an ``eqx.nn.Conv2d``) applied to a channels-last image."""
+    y = jax.lax.conv_general_dilated(
+        x[None],
+        conv.weight,
+        window_strides=conv.stride,
+        padding=conv.padding,
+        rhs_dilation=conv.dilation,
+        dimension_numbers=("NHWC", "OIHW", "NHWC"),
+    )[0]
+    return y if conv.bias is None else y + conv.bias.reshape(-1)
+
+
+def _conv_transpose_hwc(
+    conv: eqx.nn.ConvTranspose2d, x: Float[Array, "h w c"]
+) -> Float[Array, "h2 w2 o"]:
+    """``conv`` (an ``eqx.nn.ConvTranspose2d`` with integer padding) on a channels-last image.
+
+    The transposed convolution is the convolution of the ``stride``-dilated input with the
+    same kernel and padding (k - 1) d - p before, (k - 1) d - p + output_padding after
+    (Dumoulin & Visin 2016, relationship 14), as in Equinox.
+    """
+    padding = tuple(
+        ((k - 1) * d - p0, (k - 1) * d - p1 + a)
+        for k, d, (p0, p1), a in zip(
+            conv.kernel_size, conv.dilation, conv.padding, conv.output_padding, strict=True
+        )
+    )
+    y = jax.lax.conv_general_dilated(
+        x[None],
+        conv.weight,
+        window_strides=(1, 1),
+        padding=padding,
+        lhs_dilation=conv.stride,
+        rhs_dilation=conv.dilation,
+        dimension_numbers=("NHWC", "OIHW", "NHWC"),
+    )[0]
+    return y if conv.bias is None else y + conv.bias.reshape(-1)
+
+
+def _group_norm_hwc(norm: eqx.nn.GroupNorm, x: Float[Array, "h w c"]) -> Float[Array, "h w c"]:
+    """``norm`` (an ``eqx.nn.GroupNorm``) applied to a channels-last image."""
+    channels = x.shape[-1]
+    # Per-channel moments first (a reduction over the leading, contiguous-friendly axes),
+    # then pooled within groups: much faster on CPU than reducing a (hw, g, c/g) view.
+    first = jnp.mean(x, axis=(0, 1)).reshape(norm.groups, -1).mean(axis=1)
+    second = jnp.mean(x * x, axis=(0, 1)).reshape(norm.groups, -1).mean(axis=1)
+    var = jnp.maximum(second - first**2, 0.0)
+    scale = jnp.repeat(jax.lax.rsqrt(var + norm.eps), channels // norm.groups)
+    shift = jnp.repeat(first, channels // norm.groups)
+    if norm.channelwise_affine:
+        return (x - shift) * (scale * norm.weight) + norm.bias
+    return (x - shift) * scale
+
+
+def _max_pool_2x2(x: Float[Array, "h w c"]) -> Float[Array, "h//2 w//2 c"]:
+    """2x2 max pooling with stride 2 (channels last), the maximum of four strided views.
+
+    Same values as ``eqx.nn.MaxPool2d(2, stride=2)``; on CPU its gradient is ~4x faster than
+    the ``reduce_window`` one (``select_and_scatter``), which dominated the encoder's cost.
+    """
+    return jnp.maximum(
+        jnp.maximum(x[::2, ::2], x[1::2, ::2]), jnp.maximum(x[::2, 1::2], x[1::2, 1::2])
+    )
+
+
+class FieldPatchMLP(eqx.Module):
+    """phi_loc for 1D field patches: one MLP over the cells of each species, shared by all
+    species (as in the reference), outputs concatenated species by species.
+
+    Reference: 40-32-32-1 (ReLU) per species of a 40-cell patch, so 2 closure numbers for
+    (u, v).
+    """
+
+    mlp: eqx.nn.MLP
+    patch_shape: tuple[int, int] = eqx.field(static=True)
+
+    def __init__(
+        self,
+        patch_shape: tuple[int, int],
+        out_per_species: int,
+        key: PRNGKeyArray,
+        width_size: int = 32,
+        depth: int = 2,
+    ):
+        num_cells = check_positive_int(patch_shape[0], "patch cells")
+        num_species = check_positive_int(patch_shape[1], "number of species")
+        self.mlp = eqx.nn.MLP(num_cells, out_per_species, width_size, depth, jax.nn.relu, key=key)
+        self.patch_shape = (num_cells, num_species)
+
+    def __call__(self, patch: Shaped[Array, "n s"]) -> Float[Array, " c"]:
+        per_species = jax.vmap(self.mlp, in_axes=1)(patch.astype(jnp.float32))
+        return per_species.reshape(-1)
+
+
+# -------------------------------------------------------------------------------- decoders
+class SpinDecoder(eqx.Module):
+    """z -> logits of P(s = +1) for every site of an ``(H, W)`` lattice.
+
+    linear -> LeakyReLU -> reshape ``(C0, H/2^U, W/2^U)`` -> U x [transposed conv 3x3 stride 2
+    -> GroupNorm -> LeakyReLU(0.2)] with the last one to 1 channel and no norm. As the
+    reference (which starts at 4x4 with 128 channels and halves channels down to 16), with
+    ``C0 = 4 * base_channels`` and a final sigmoid replaced by logits (BCE from logits is
+    numerically stable).
+    """
+
+    linear: eqx.nn.Linear
+    deconvs: tuple[eqx.nn.ConvTranspose2d, ...]
+    norms: tuple[eqx.nn.GroupNorm, ...]
+    lattice_shape: tuple[int, int] = eqx.field(static=True)
+    start_shape: tuple[int, int, int] = eqx.field(static=True)
+
+    def __init__(
+        self,
+        latent_dim: int,
+        lattice_shape: tuple[int, int],
+        key: PRNGKeyArray,
+        base_channels: int = 32,
+    ):
+        height, width = lattice.check_patch_size(lattice_shape, lattice_shape)
+        base_channels = check_positive_int(base_channels, "base_channels")
+        # As many doublings as keep the starting grid at least 4x4 (reference: 4x4 start).
+        num_up = 0
+        while (
+            height % 2 ** (num_up + 1) == 0
+            and width % 2 ** (num_up + 1) == 0
+            and min(height, width) // 2 ** (num_up + 1) >= 4
+        ):
+            num_up += 1
+        start_channels = 4 * base_channels if num_up else 1
+        channels = [start_channels]
+        for b in range(num_up):
+            last = b == num_up - 1
+            channels.append(1 if last else max(base_channels // 2, channels[-1] // 2))
+        keys = jr.split(key, num_up + 1)
+        self.start_shape = (start_channels, height // 2**num_up, width // 2**num_up)
+        self.linear = eqx.nn.Linear(latent_dim, math.prod(self.start_shape), key=keys[0])
+        self.deconvs = tuple(
+            eqx.nn.ConvTranspose2d(
+                channels[b],
+                channels[b + 1],
+                3,
+                stride=2,
+                padding=1,
+                output_padding=1,
+                key=keys[b + 1],
+            )
+            for b in range(num_up)
+        )
+        self.norms = tuple(eqx.nn.GroupNorm(_num_groups(c), c) for c in channels[1:-1])
+        self.lattice_shape = (height, width)
+
+    def __call__(self, z: Float[Array, " d"]) -> Float[Array, "H W"]:
+        h = self.linear(z).reshape(self.start_shape)  # (C, h, w), the reference's unflatten
+        if not self.deconvs:
+            return h[0]
+        # Channels-last internally, as in SpinPatchCNN (faster on CPU).
+        h = jnp.moveaxis(jax.nn.leaky_relu(h, 0.2), 0, -1)
+        for b, deconv in enumerate(self.deconvs):
+            h = _conv_transpose_hwc(deconv, h)
+            if b < len(self.norms):
+                h = jax.nn.leaky_relu(_group_norm_hwc(self.norms[b], h), 0.2)
+        return h[..., 0]
+
+    def reconstruction_loss(
+        self, z: Float[Array, " d"], x: Shaped[Array, "H W"]
+    ) -> Float[Array, ""]:
+        """Mean over sites of the binary cross-entropy of the spins given the logits."""
+        return spin_binary_cross_entropy(self(z), x)
+
+
+class FieldDecoder(eqx.Module):
+    """z -> the whole field ``(n_cells, n_species)`` through an MLP (reference d-32-32-2n)."""
+
+    mlp: eqx.nn.MLP
+    field_shape: tuple[int, int] = eqx.field(static=True)
+
+    def __init__(
+        self,
+        latent_dim: int,
+        field_shape: tuple[int, int],
+        key: PRNGKeyArray,
+        width_size: int = 32,
+        depth: int = 2,
+    ):
+        self.field_shape = (int(field_shape[0]), int(field_shape[1]))
+        self.mlp = eqx.nn.MLP(
+            latent_dim, math.prod(self.field_shape), width_size, depth, jax.nn.relu, key=key
+        )
+
+    def __call__(self, z: Float[Array, " d"]) -> Float[Array, "n s"]:
+        return self.mlp(z).reshape(self.field_shape)
+
+    def reconstruction_loss(
+        self, z: Float[Array, " d"], x: Shaped[Array, "n s"]
+    ) -> Float[Array, ""]:
+        """Mean squared error over cells and species."""
+        return jnp.mean((self(z) - x.astype(jnp.float32)) ** 2)
+
+
+def spin_binary_cross_entropy(
+    logits: Float[Array, "H W"], spins: Shaped[Array, "H W"]
+) -> Float[Array, ""]:
+    """Mean over sites of -[y log p + (1 - y) log(1 - p)], p = sigmoid(logit), y = (s + 1)/2.
+
+    Computed as softplus(l) - y l, equal to the above without overflow or log(0) for any
+    logit l (the reference's sigmoid + BCELoss clamps the logs at -100 instead).
+    """
+    target = (spins.astype(logits.dtype) + 1) / 2
+    return jnp.mean(jax.nn.softplus(logits) - target * logits)
+
+
+# ----------------------------------------------------------------------------- autoencoder
+class ClosureAutoencoder(eqx.Module):
+    """z(x) = mean_k (z*(x_{I_k}), phi_loc(x_{I_k})) and a decoder z -> x (see module doc).
+
+    Attributes:
+        local_encoder: phi_loc, ``patch -> (closure_dim,)``; None when closure_dim = 0.
+        decoder: ``z -> configuration`` with a ``reconstruction_loss(z, x)``; None when
+            closure_dim = 0.
+        known_fn: z*, ``patch -> (known_dim,)``, a static function of one patch.
+        config_shape: shape of one whole configuration.
+        patch_shape: shape of one patch (for 1D fields: ``(n_patch_cells, n_species)``).
+    """
+
+    local_encoder: eqx.Module | None
+    decoder: eqx.Module | None
+    known_fn: Callable[[Array], Array] = eqx.field(static=True)
+    config_shape: tuple[int, int] = eqx.field(static=True)
+    patch_shape: tuple[int, int] = eqx.field(static=True)
+
+    def __check_init__(self):
+        lattice.check_patch_size(self.config_shape, self.patch_shape)
+        if (self.local_encoder is None) != (self.decoder is None):
+            raise ValueError(
+                "local_encoder and decoder must both be given (closure_dim > 0) or both be "
+                "None (closure_dim = 0)."
+            )
+
+    @property
+    def known_dim(self) -> int:
+        dummy = jax.ShapeDtypeStruct(self.patch_shape, jnp.float32)
+        return jax.eval_shape(self.known_fn, dummy).shape[0]
+
+    @property
+    def closure_dim(self) -> int:
+        if self.local_encoder is None:
+            return 0
+        dummy = jax.ShapeDtypeStruct(self.patch_shape, jnp.float32)
+        return jax.eval_shape(self.local_encoder, dummy).shape[0]
+
+    @property
+    def latent_dim(self) -> int:
+        return self.known_dim + self.closure_dim
+
+    @property
+    def num_patches(self) -> int:
+        """K, the number of patches that tile one configuration."""
+        return lattice.num_patches(self.config_shape, self.patch_shape)
+
+    def encode_patch(self, patch: Shaped[Array, "h w"]) -> Float[Array, " d"]:
+        """(z*(patch), phi_loc(patch)), shape ``(latent_dim,)``."""
+        if patch.shape != self.patch_shape:
+            raise ValueError(f"expected one patch of shape {self.patch_shape}, got {patch.shape}.")
+        known = self.known_fn(patch).astype(jnp.float32)
+        if self.local_encoder is None:
+            return known
+        return jnp.concatenate([known, self.local_encoder(patch)])
+
+    def encode_patches(
+        self, x: Shaped[Array, "H W"], patch_size: int | tuple[int, int] | None = None
+    ) -> Float[Array, "K d"]:
+        """``encode_patch`` of each of the K tiles of ``x`` (row-major patch order)."""
+        self._check_config(x)
+        patches = lattice.tile(x, self._patch_shape(patch_size))
+        return jax.vmap(self.encode_patch)(patches)
+
+    def encode(
+        self, x: Shaped[Array, "H W"], patch_size: int | tuple[int, int] | None = None
+    ) -> Float[Array, " d"]:
+        """z(x) = mean over the K patches of ``encode_patch``; shape ``(latent_dim,)``.
+
+        ``patch_size`` defaults to (and must equal) the model's patch: the local network is
+        built for one patch size. For 1D fields an int means that many cells.
+        """
+        return jnp.mean(self.encode_patches(x, patch_size), axis=0)
+
+    def decode(self, z: Float[Array, " d"]) -> Float[Array, "H W"]:
+        """The decoder output: spin logits ``(H, W)`` or a field ``(n_cells, n_species)``."""
+        self._require_decoder()
+        return self.decoder(z)
+
+    def reconstruction_loss(self, x: Shaped[Array, "H W"]) -> Float[Array, ""]:
+        """Reconstruction loss of one configuration: BCE (spins) or MSE (fields)."""
+        self._require_decoder()
+        return self.decoder.reconstruction_loss(self.encode(x), x)
+
+    def _patch_shape(self, patch_size) -> tuple[int, int]:
+        if patch_size is None:
+            return self.patch_shape
+        if isinstance(patch_size, int):
+            # A square spin patch, or that many cells of a 1D field (all species).
+            candidates = {(patch_size, patch_size), (patch_size, self.config_shape[1])}
+            shape = self.patch_shape if self.patch_shape in candidates else None
+        else:
+            shape = tuple(patch_size)
+        if shape != self.patch_shape:
+            raise ValueError(
+                f"this model was built for patches of shape {self.patch_shape}, got "
+                f"patch_size={patch_size!r}; build a model for that patch size instead."
+            )
+        return shape
+
+    def _check_config(self, x):
+        if x.shape != self.config_shape:
+            raise ValueError(
+                f"expected one configuration of shape {self.config_shape}, got {x.shape}; "
+                "the model acts on one sample, use jax.vmap for batches."
+            )
+
+    def _require_decoder(self):
+        if self.decoder is None:
+            raise ValueError(
+                "this autoencoder has closure_dim = 0: the latent is the known observables "
+                "alone and there is no decoder to train or evaluate."
+            )
+
+
+def make_spin_autoencoder(
+    key: PRNGKeyArray,
+    lattice_shape: tuple[int, int] | int,
+    patch_shape: tuple[int, int] | int,
+    closure_dim: int = 2,
+    known: str = "ising",
+    base_channels: int = 32,
+) -> ClosureAutoencoder:
+    """Closure autoencoder for 2D spins: ``SpinPatchCNN`` encoder, ``SpinDecoder``.
+
+    Reference (Ising): 64x64 lattice, 16x16 patches, known = (m, domain-wall density),
+    closure_dim = 2, base_channels = 32. Curie-Weiss: known = "magnetisation",
+    closure_dim = 0. All arguments but ``key`` are JSON-friendly hyperparameters.
+    """
+    config_shape = lattice.check_patch_size(_pair(lattice_shape), _pair(lattice_shape))
+    patch = lattice.check_patch_size(config_shape, _pair(patch_shape))
+    known_fn = known_observables(known)
+    closure_dim = _check_closure_dim(closure_dim)
+    if closure_dim == 0:
+        return ClosureAutoencoder(None, None, known_fn, config_shape, patch)
+    key_enc, key_dec = jr.split(key)
+    encoder = SpinPatchCNN(patch, closure_dim, key_enc, base_channels)
+    known_dim = jax.eval_shape(known_fn, jax.ShapeDtypeStruct(patch, jnp.float32)).shape[0]
+    decoder = SpinDecoder(known_dim + closure_dim, config_shape, key_dec, base_channels)
+    return ClosureAutoencoder(encoder, decoder, known_fn, config_shape, patch)
+
+
+def make_field_autoencoder(
+    key: PRNGKeyArray,
+    num_cells: int,
+    patch_cells: int,
+    num_species: int = 2,
+    closure_per_species: int = 1,
+    known: str = "field_means",
+    width_size: int = 32,
+    depth: int = 2,
+) -> ClosureAutoencoder:
+    """Closure autoencoder for 1D fields ``(num_cells, num_species)``: ``FieldPatchMLP``
+    encoder (closure_dim = num_species * closure_per_species) and ``FieldDecoder``.
+
+    Reference (predator-prey): 200 cells, 40-cell patches (K = 5), 2 species, 1 closure
+    number per species, MLP widths 32, 32. All arguments but ``key`` are JSON-friendly.
+    """
+    num_cells = check_positive_int(num_cells, "num_cells")
+    patch_cells = check_positive_int(patch_cells, "patch_cells")
+    num_species = check_positive_int(num_species, "num_species")
+    config_shape, patch = (num_cells, num_species), (patch_cells, num_species)
+    lattice.check_patch_size(config_shape, patch)
+    known_fn = known_observables(known)
+    if _check_closure_dim(closure_per_species) == 0:
+        return ClosureAutoencoder(None, None, known_fn, config_shape, patch)
+    key_enc, key_dec = jr.split(key)
+    encoder = FieldPatchMLP(patch, closure_per_species, key_enc, width_size, depth)
+    known_dim = jax.eval_shape(known_fn, jax.ShapeDtypeStruct(patch, jnp.float32)).shape[0]
+    latent_dim = known_dim + num_species * closure_per_species
+    decoder = FieldDecoder(latent_dim, config_shape, key_dec, width_size, depth)
+    return ClosureAutoencoder(encoder, decoder, known_fn, config_shape, patch)
+
+
+def _pair(side) -> tuple[int, int]:
+    return (side, side) if isinstance(side, int) else tuple(side)
+
+
+def _check_closure_dim(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"the closure dimension must be an int >= 0, got {value!r}.")
+    return value

@@ -1,0 +1,73 @@
+"""Training: partial-evolution pairs, losses, the generic fit loop, checkpoints."""
+
+from jmacro.training.checkpoint import (
+    TrainingState,
+    checkpoint_exists,
+    load_checkpoint,
+    load_model,
+    save_checkpoint,
+    save_model,
+)
+from jmacro.training.fit import (
+    EpochRecord,
+    FitResult,
+    NonFiniteLossError,
+    TrainConfig,
+    build_eval_step,
+    build_train_step,
+    fit,
+    init_opt_state,
+    make_optimizer,
+    trainable_mask,
+)
+from jmacro.training.losses import (
+    DEFAULT_JITTER,
+    default_covariance_scale,
+    increment_loss,
+    increment_loss_fn,
+    increment_nll_terms,
+    reconstruction_loss,
+)
+from jmacro.training.pairs import (
+    PAIR_METHODS,
+    IncrementPairs,
+    encode_configurations,
+    encode_full_pairs,
+    encode_partial_evolution_pairs,
+    fit_normaliser,
+    normalise_pairs,
+    partial_evolution_pair,
+)
+
+__all__ = [
+    "DEFAULT_JITTER",
+    "PAIR_METHODS",
+    "EpochRecord",
+    "FitResult",
+    "IncrementPairs",
+    "NonFiniteLossError",
+    "TrainConfig",
+    "TrainingState",
+    "build_eval_step",
+    "build_train_step",
+    "checkpoint_exists",
+    "default_covariance_scale",
+    "encode_configurations",
+    "encode_full_pairs",
+    "encode_partial_evolution_pairs",
+    "fit",
+    "fit_normaliser",
+    "increment_loss",
+    "increment_loss_fn",
+    "increment_nll_terms",
+    "init_opt_state",
+    "load_checkpoint",
+    "load_model",
+    "make_optimizer",
+    "normalise_pairs",
+    "partial_evolution_pair",
+    "reconstruction_loss",
+    "save_checkpoint",
+    "save_model",
+    "trainable_mask",
+]

@@ -1,0 +1,466 @@
+"""A generic training loop: one jitted step, AdamW(+AMSGrad), plateau LR, early stopping,
+resumable atomic checkpoints.
+
+The same ``fit`` trains the closure autoencoder (``reconstruction_loss`` on configurations)
+and the SDE (``increment_loss`` on ``IncrementPairs``): a loss is any
+``loss_fn(model, batch, key) -> scalar`` and the data is any pytree of arrays sharing their
+leading (sample) axis, on the host (NumPy, possibly memory-mapped) or on the device.
+
+Per epoch: the training set is shuffled by a NumPy generator seeded from ``(key, epoch)`` (so
+a resumed run sees exactly the batches an uninterrupted one would), every batch takes one
+``make_step``; then the validation loss is computed, fed to ``reduce_on_plateau`` (once per
+epoch), the best model is kept, a checkpoint is written, and early stopping is checked.
+
+Optimiser (reference defaults): AdamW with AMSGrad, lr 1e-3, no weight decay; learning rate
+halved after ``plateau_patience`` epochs without relative improvement 1e-4 (PyTorch
+``ReduceLROnPlateau`` semantics: the cut happens on the (patience + 1)-th bad epoch), floored
+at 5e-6. Arrays inside ``AbstractNonTrainable`` modules (latent normalisers) are frozen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import math
+import os
+import pathlib
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import optax
+from jaxtyping import PRNGKeyArray, PyTree
+from tqdm.auto import tqdm
+
+from jmacro.models.base import AbstractNonTrainable
+from jmacro.training import checkpoint as ckpt
+
+logger = logging.getLogger(__name__)
+
+PLATEAU_METRICS = ("val", "train")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters of ``fit`` (defaults: the reference's SDE training).
+
+    Attributes:
+        learning_rate: initial learning rate (reference: 1e-3 SDE, 1e-2 Curie-Weiss SDE, 2e-4
+            autoencoder).
+        batch_size: training batch size (reference: 1024 SDE, 512 autoencoder).
+        num_epochs: maximum number of epochs (reference: 100 SDE, 10 autoencoder).
+        weight_decay: decoupled (AdamW) weight decay.
+        amsgrad: AMSGrad second-moment maximum (reference: on).
+        plateau_factor: learning-rate factor on a plateau.
+        plateau_patience: bad epochs tolerated before a cut (PyTorch semantics).
+        plateau_rtol: relative improvement that counts (PyTorch ``threshold``, 1e-4).
+        min_learning_rate: floor of the learning rate.
+        plateau_metric: ``"val"`` (validation loss) or ``"train"`` (mean training loss of the
+            epoch, which is what the reference scripts feed their scheduler).
+        early_stopping_patience: stop after this many epochs without a new best validation
+            loss; ``None`` (default, as the reference) trains all epochs.
+        keep_best: return the model with the best validation loss (default) rather than the
+            last one (the reference keeps the last).
+        drop_last: drop the last, smaller, training batch of each epoch.
+        val_batch_size: validation batch size (default: ``batch_size``).
+        show_progress: tqdm progress bar with the running loss.
+    """
+
+    learning_rate: float = 1e-3
+    batch_size: int = 1024
+    num_epochs: int = 100
+    weight_decay: float = 0.0
+    amsgrad: bool = True
+    plateau_factor: float = 0.5
+    plateau_patience: int = 5
+    plateau_rtol: float = 1e-4
+    min_learning_rate: float = 5e-6
+    plateau_metric: str = "val"
+    early_stopping_patience: int | None = None
+    keep_best: bool = True
+    drop_last: bool = False
+    val_batch_size: int | None = None
+    show_progress: bool = True
+
+    def __post_init__(self):
+        for name in ("batch_size", "num_epochs", "plateau_patience"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}.")
+        for name in ("val_batch_size", "early_stopping_patience"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value <= 0):
+                raise ValueError(f"{name} must be None or a positive int, got {value!r}.")
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            raise ValueError(f"learning_rate must be finite and > 0, got {self.learning_rate}.")
+        if not 0 < self.min_learning_rate <= self.learning_rate:
+            raise ValueError(
+                f"min_learning_rate must be in (0, learning_rate = {self.learning_rate}], got "
+                f"{self.min_learning_rate}."
+            )
+        if not 0 < self.plateau_factor < 1:
+            raise ValueError(f"plateau_factor must be in (0, 1), got {self.plateau_factor}.")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}.")
+        if self.plateau_metric not in PLATEAU_METRICS:
+            raise ValueError(
+                f"plateau_metric must be one of {PLATEAU_METRICS}, got {self.plateau_metric!r}."
+            )
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A training or validation loss was NaN or infinite.
+
+    Attributes:
+        epoch: 1-based epoch.
+        batch: 1-based batch within the epoch (``None`` for the validation loss).
+    """
+
+    def __init__(self, value: float, epoch: int, batch: int | None, num_batches: int):
+        self.value, self.epoch, self.batch = value, epoch, batch
+        where = (
+            f"validation loss at epoch {epoch}"
+            if batch is None
+            else f"training loss at epoch {epoch}, batch {batch} of {num_batches}"
+        )
+        super().__init__(
+            f"{where} is {value}. Check the data for NaN/inf (e.g. dt = inf from a stuck "
+            "simulator), lower the learning rate, or raise the covariance jitter eps."
+        )
+
+
+class EpochRecord(NamedTuple):
+    """One line of the training history (``epoch`` is 1-based)."""
+
+    epoch: int
+    train_loss: float
+    val_loss: float
+    learning_rate: float
+    seconds: float
+
+
+class FitResult(NamedTuple):
+    """What ``fit`` returns.
+
+    Attributes:
+        model: the best model by validation loss (the last one if ``keep_best`` is off).
+        last_model: the model after the last completed epoch.
+        history: one ``EpochRecord`` per completed epoch (resumed epochs included).
+        best_epoch: 1-based epoch of the best validation loss.
+        best_val_loss: that loss.
+        stopped_early: whether early stopping ended the run.
+    """
+
+    model: Any
+    last_model: Any
+    history: list[EpochRecord]
+    best_epoch: int
+    best_val_loss: float
+    stopped_early: bool
+
+
+# ------------------------------------------------------------------------ optimiser pieces
+def trainable_mask(model: PyTree) -> PyTree:
+    """Filter spec for ``eqx.partition``: floating arrays, except inside non-trainables."""
+
+    def mask(node):
+        if isinstance(node, AbstractNonTrainable):
+            return False
+        return eqx.is_inexact_array(node)
+
+    return jax.tree.map(mask, model, is_leaf=lambda n: isinstance(n, AbstractNonTrainable))
+
+
+def make_optimizer(
+    config: TrainConfig,
+) -> tuple[optax.GradientTransformation, optax.GradientTransformationExtraArgs]:
+    """``(step_optimizer, plateau)``: AdamW(+AMSGrad) and ``optax.contrib.reduce_on_plateau``.
+
+    They are kept apart because the plateau logic must see the validation loss once per
+    epoch, while the step optimiser runs every batch; ``make_step`` scales its updates by the
+    plateau state's ``scale``.
+    """
+    moments = optax.scale_by_amsgrad() if config.amsgrad else optax.scale_by_adam()
+    step_optimizer = optax.chain(
+        moments,
+        optax.add_decayed_weights(config.weight_decay),
+        optax.scale_by_learning_rate(config.learning_rate),
+    )
+    plateau = optax.contrib.reduce_on_plateau(**_plateau_settings(config))
+    return step_optimizer, plateau
+
+
+def _plateau_settings(config: TrainConfig) -> dict[str, float]:
+    return dict(
+        factor=config.plateau_factor,
+        # optax cuts when the bad-epoch count reaches `patience`, PyTorch when it exceeds it.
+        patience=config.plateau_patience + 1,
+        rtol=config.plateau_rtol,
+        min_scale=config.min_learning_rate / config.learning_rate,
+    )
+
+
+def init_opt_state(model: PyTree, config: TrainConfig) -> tuple[Any, Any]:
+    """``(step_state, plateau_state)`` for the trainable part of ``model``."""
+    step_optimizer, plateau = make_optimizer(config)
+
+    @eqx.filter_jit
+    def init(model):
+        params = eqx.filter(model, trainable_mask(model))
+        return step_optimizer.init(params), plateau.init(params)
+
+    return init(model)
+
+
+def build_train_step(
+    loss_fn: Callable[[Any, Any, PRNGKeyArray], jax.Array], config: TrainConfig
+) -> Callable:
+    """The jitted ``make_step(model, opt_state, batch, key) -> (model, opt_state, loss)``.
+
+    Cached on the loss function and the optimiser settings, so that repeated ``fit`` calls
+    (resumed runs, sweeps) reuse the compiled step.
+    """
+    return _train_step(loss_fn, config.learning_rate, config.weight_decay, config.amsgrad)
+
+
+@functools.lru_cache(maxsize=32)
+def _train_step(loss_fn, learning_rate, weight_decay, amsgrad):
+    config = TrainConfig(
+        learning_rate=learning_rate,
+        min_learning_rate=learning_rate,
+        weight_decay=weight_decay,
+        amsgrad=amsgrad,
+    )
+    step_optimizer, _ = make_optimizer(config)
+
+    @eqx.filter_jit
+    def make_step(model, opt_state, batch, key):
+        params, static = eqx.partition(model, trainable_mask(model))
+
+        def loss_of(params):
+            return loss_fn(eqx.combine(params, static), batch, key)
+
+        loss, grads = jax.value_and_grad(loss_of)(params)
+        step_state, plateau_state = opt_state
+        updates, step_state = step_optimizer.update(grads, step_state, params)
+        updates = jax.tree.map(lambda u: plateau_state.scale * u, updates)
+        model = eqx.combine(optax.apply_updates(params, updates), static)
+        return model, (step_state, plateau_state), loss
+
+    return make_step
+
+
+@functools.lru_cache(maxsize=32)
+def build_eval_step(loss_fn: Callable) -> Callable:
+    """The jitted ``evaluate(model, batch) -> loss`` (no key: evaluation is deterministic)."""
+    return eqx.filter_jit(lambda model, batch: loss_fn(model, batch, None))
+
+
+@functools.lru_cache(maxsize=32)
+def _plateau_step(factor, patience, rtol, min_scale):
+    plateau = optax.contrib.reduce_on_plateau(
+        factor=factor, patience=patience, rtol=rtol, min_scale=min_scale
+    )
+    return jax.jit(lambda state, value: plateau.update({}, state, value=value)[1])
+
+
+# -------------------------------------------------------------------------------- the loop
+def fit(
+    model: PyTree,
+    loss_fn: Callable[[Any, Any, PRNGKeyArray | None], jax.Array],
+    train_data: PyTree,
+    val_data: PyTree,
+    key: PRNGKeyArray,
+    config: TrainConfig = TrainConfig(),
+    *,
+    val_loss_fn: Callable | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    hyperparams: Mapping[str, Any] | None = None,
+    callback: Callable[[EpochRecord, Any], None] | None = None,
+) -> FitResult:
+    """Train ``model`` on ``train_data``, select it on ``val_data``.
+
+    Args:
+        model: an Equinox model (arrays in ``AbstractNonTrainable`` parts stay fixed).
+        loss_fn: ``loss_fn(model, batch, key) -> scalar``, a batch being ``train_data``
+            indexed along its leading axis.
+        train_data: pytree of arrays with a common leading axis (host NumPy, memmaps, ...).
+        val_data: same structure for validation.
+        key: PRNG key for shuffling and per-step keys.
+        config: ``TrainConfig``.
+        val_loss_fn: validation loss (default ``loss_fn``), e.g. lambda = 1 on full pairs.
+        checkpoint_dir: if given, a checkpoint is written after every epoch and, if one is
+            already there, training resumes from it (its model hyperparameters must match).
+            On exit the best model is also written as ``model.eqx``.
+        hyperparams: JSON-friendly model hyperparameters for ``jmacro.models.build_model``,
+            stored in ``hyperparams.json``.
+        callback: called as ``callback(record, model)`` after each epoch's checkpoint.
+
+    Returns:
+        ``FitResult``.
+
+    Raises:
+        NonFiniteLossError: a training loss (naming epoch and batch) or a validation loss
+            (naming the epoch) is NaN or infinite.
+    """
+    val_loss_fn = loss_fn if val_loss_fn is None else val_loss_fn
+    num_train = _num_samples(train_data, "train_data")
+    num_val = _num_samples(val_data, "val_data")
+    batch_size = min(config.batch_size, num_train)
+    num_batches = num_train // batch_size if config.drop_last else -(-num_train // batch_size)
+    val_batch_size = min(config.val_batch_size or config.batch_size, num_val)
+
+    make_step = build_train_step(loss_fn, config)
+    evaluate = build_eval_step(val_loss_fn)
+    plateau_step = _plateau_step(**_plateau_settings(config))
+    key_shuffle, key_steps = jr.split(key)
+    # Shuffling runs on the host (NumPy), seeded from the key: no device work, no compile.
+    key_bits = jr.key_data(key_shuffle) if _is_typed_key(key_shuffle) else key_shuffle
+    shuffle_seed = [int(v) for v in np.asarray(key_bits).reshape(-1)]
+
+    state = ckpt.TrainingState(model, init_opt_state(model, config), 0, model, math.inf, 0)
+    history: list[EpochRecord] = []
+    if checkpoint_dir is not None:
+        state, history = _start_or_resume(checkpoint_dir, state, config, hyperparams)
+
+    model, opt_state = state.model, state.opt_state
+    best_model, best_val = state.best_model, state.best_val_loss
+    since_best = state.epochs_since_improvement
+    patience = config.early_stopping_patience
+    stopped_early = patience is not None and since_best >= patience
+
+    progress = tqdm(
+        total=config.num_epochs * num_batches,
+        initial=state.epoch * num_batches,
+        disable=not config.show_progress,
+        dynamic_ncols=True,
+        desc="fit",
+    )
+    try:
+        for epoch in range(state.epoch, config.num_epochs):
+            if stopped_early:
+                break
+            start = time.perf_counter()
+            order = np.random.default_rng([*shuffle_seed, epoch]).permutation(num_train)
+            step_keys = jr.split(jr.fold_in(key_steps, epoch), num_batches)
+            loss_sum = 0.0
+            pending = None  # check each loss one step late, so the device is never idle
+            for b in range(num_batches + 1):
+                if b < num_batches:
+                    # Sorted indices: same batch contents, contiguous reads from memmaps.
+                    index = np.sort(order[b * batch_size : (b + 1) * batch_size])
+                    batch = jax.tree.map(lambda a, i=index: np.asarray(a[i]), train_data)
+                    model, opt_state, loss = make_step(model, opt_state, batch, step_keys[b])
+                if pending is not None:
+                    loss_sum += _finite_or_raise(*pending, epoch, num_batches)
+                    progress.update(1)
+                    if config.show_progress:
+                        progress.set_postfix(loss=f"{loss_sum / b:.4g}", refresh=False)
+                pending = (loss, b)
+
+            train_loss = loss_sum / num_batches
+            val_loss = _evaluate(evaluate, model, val_data, num_val, val_batch_size)
+            if not math.isfinite(val_loss):
+                raise NonFiniteLossError(val_loss, epoch + 1, None, num_batches)
+            metric = val_loss if config.plateau_metric == "val" else train_loss
+            step_state, plateau_state = opt_state
+            plateau_state = plateau_step(plateau_state, jnp.asarray(metric, jnp.float32))
+            opt_state = (step_state, plateau_state)
+
+            if val_loss < best_val:
+                best_model, best_val, since_best = model, val_loss, 0
+            else:
+                since_best += 1
+            record = EpochRecord(
+                epoch=epoch + 1,
+                train_loss=train_loss,
+                val_loss=val_loss,
+                learning_rate=float(config.learning_rate * plateau_state.scale),
+                seconds=time.perf_counter() - start,
+            )
+            history.append(record)
+            progress.set_postfix(loss=f"{train_loss:.4g}", val=f"{val_loss:.4g}")
+            logger.info("epoch %d: train %.6g, val %.6g, lr %.3g", *record[:4])
+            if checkpoint_dir is not None:
+                state = ckpt.TrainingState(
+                    model, opt_state, epoch + 1, best_model, best_val, since_best
+                )
+                ckpt.save_checkpoint(checkpoint_dir, state, [r._asdict() for r in history])
+            if callback is not None:
+                callback(record, model)
+            stopped_early = patience is not None and since_best >= patience
+    finally:
+        progress.close()
+
+    final = best_model if config.keep_best and math.isfinite(best_val) else model
+    if checkpoint_dir is not None and hyperparams is not None:
+        ckpt.save_model(checkpoint_dir, final, hyperparams)
+    best_epoch = min(history, key=lambda r: r.val_loss).epoch if history else 0
+    return FitResult(final, model, history, best_epoch, best_val, stopped_early)
+
+
+# ---------------------------------------------------------------------------------- helpers
+def _num_samples(data, name) -> int:
+    leaves = jax.tree.leaves(data)
+    if not leaves:
+        raise ValueError(f"{name} has no arrays.")
+    sizes = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in leaves}
+    if len(sizes) != 1 or None in sizes:
+        raise ValueError(
+            f"every array of {name} must share its leading (sample) axis, got leading sizes "
+            f"{sorted(str(s) for s in sizes)}."
+        )
+    (size,) = sizes
+    if size == 0:
+        raise ValueError(f"{name} is empty.")
+    return size
+
+
+def _is_typed_key(key) -> bool:
+    return jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+
+
+def _finite_or_raise(loss, batch_index, epoch, num_batches) -> float:
+    value = float(loss)
+    if not math.isfinite(value):
+        raise NonFiniteLossError(value, epoch + 1, batch_index + 1, num_batches)
+    return value
+
+
+def _evaluate(evaluate, model, data, num_samples, batch_size) -> float:
+    total = 0.0
+    for start in range(0, num_samples, batch_size):
+        stop = min(start + batch_size, num_samples)
+        batch = jax.tree.map(lambda a, s=start, e=stop: np.asarray(a[s:e]), data)
+        total += float(evaluate(model, batch)) * (stop - start)
+    return total / num_samples
+
+
+def _start_or_resume(directory, state, config, hyperparams):
+    directory = pathlib.Path(directory)
+    stored = {"model": dict(hyperparams or {}), "training": dataclasses.asdict(config)}
+    meta_path = directory / ckpt.HYPERPARAMS_FILE
+    if not ckpt.checkpoint_exists(directory):
+        ckpt.write_json(meta_path, stored)
+        return state, []
+    if meta_path.is_file():
+        previous = ckpt.read_json(meta_path)
+        if ckpt.as_json(stored["model"]) != previous.get("model", {}):
+            raise ValueError(
+                f"the checkpoint in {directory} was written for model hyperparameters "
+                f"{previous.get('model')}, not {stored['model']}; use a new checkpoint_dir "
+                "or delete the old one."
+            )
+        if previous.get("training") != ckpt.as_json(stored["training"]):
+            logger.warning("resuming %s with a changed training configuration", directory)
+            ckpt.write_json(meta_path, stored)
+    state = ckpt.load_checkpoint(directory, state)
+    history = [EpochRecord(**r) for r in ckpt.load_history(directory, state.epoch)]
+    logger.info("resuming from %s after epoch %d", directory, state.epoch)
+    return state, history
