@@ -101,6 +101,59 @@ def simulate(cfg: SimulateConfig) -> list[dict]:
     return records
 
 
+RUN_HELP = """usage: jmacro run EXPERIMENT [--preset PRESET] [--out DIR] [--force] [--quiet]
+                  [--<parameter> VALUE ...]
+
+Run a whole experiment pipeline and write metrics.json, report.md and plots to DIR
+(default runs/<experiment>-<preset>). Stages are cached in DIR: a re-run resumes, a changed
+parameter recomputes only what depends on it, --force recomputes everything.
+
+experiments: {experiments}
+presets:     smoke (seconds, for tests), quick (default, minutes on a CPU), paper (reference
+             sizes, for a GPU)
+parameters:  jmacro run EXPERIMENT --preset PRESET --help lists every parameter and its value.
+"""
+
+
+def run_command(argv: list[str]) -> None:
+    """``jmacro run EXPERIMENT [--preset P] [--out DIR] [--force] [--quiet] [overrides]``."""
+    import argparse
+
+    from jmacro import pipelines
+
+    experiments = ", ".join(pipelines.EXPERIMENTS)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(RUN_HELP.format(experiments=experiments))
+        raise SystemExit(0 if argv else 2)
+    parser = argparse.ArgumentParser(prog="jmacro run", add_help=False)
+    parser.add_argument("experiment")
+    parser.add_argument("--preset", default="quick")
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--force", action="store_true")
+    parser.add_argument("--quiet", action="store_true")
+    known, overrides = parser.parse_known_args(argv)
+    try:
+        base = pipelines.get_config(known.experiment, known.preset)
+    except ValueError as error:
+        print(f"jmacro: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from error
+    cfg = tyro.cli(
+        type(base),
+        default=base,
+        args=overrides,
+        prog=f"jmacro run {known.experiment} --preset {known.preset}",
+    )
+    out = known.out or f"runs/{known.experiment}-{known.preset}"
+    result = pipelines.run_spins(cfg, out, force=known.force, progress=not known.quiet)
+    metrics = result.metrics
+    print(
+        json.dumps(
+            {k: metrics[k] for k in ("experiment", "preset", "wall_time_s", "test_error")}, indent=2
+        )
+    )
+    print(f"wrote {result.run_dir}/metrics.json, report.md and plots")
+
+
 COMMANDS = {"simulate": (SimulateConfig, simulate)}
 
 
@@ -108,15 +161,19 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``jmacro`` console script; user errors exit with status 2."""
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
     logger.setLevel(logging.INFO)
-    cfg = tyro.extras.subcommand_cli_from_dict(
-        {name: config for name, (config, _) in COMMANDS.items()},
-        prog="jmacro",
-        args=sys.argv[1:] if argv is None else argv,
-        description="jmacro: learn macroscopic stochastic dynamics from small systems.",
-    )
-    run = next(fn for config, fn in COMMANDS.values() if isinstance(cfg, config))
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        run(cfg)
+        if argv and argv[0] == "run":
+            run_command(argv[1:])
+            return
+        cfg = tyro.extras.subcommand_cli_from_dict(
+            {name: config for name, (config, _) in COMMANDS.items()},
+            prog="jmacro",
+            args=argv,
+            description="jmacro: learn macroscopic stochastic dynamics from small systems. "
+            "Commands: simulate, run (see `jmacro run --help`).",
+        )
+        next(fn for config, fn in COMMANDS.values() if isinstance(cfg, config))(cfg)
     except ValueError as error:
         print(f"jmacro: error: {error}", file=sys.stderr)
         raise SystemExit(2) from error

@@ -45,6 +45,7 @@ class SpinDatasetConfig:
         num_random: random-magnetisation configurations appended (reference: = num_large).
         relax: LocalRelax settings (None: no relaxation).
         boundary: partial-evolution boundary mode.
+        pair_duration: partial evolution for this fixed time (sweeps) instead of l*l flips.
         seed: master seed; every stage derives its key from it.
     """
 
@@ -59,6 +60,7 @@ class SpinDatasetConfig:
     num_random: int = 100_000
     relax: LocalRelax | None = LocalRelax()  # noqa: RUF009 (frozen, immutable)
     boundary: Literal["periodic", "halo", "mean_field"] = "periodic"
+    pair_duration: float | None = None
     seed: int = 0
 
     def __post_init__(self):
@@ -80,7 +82,7 @@ class SpinDatasetConfig:
 
     @property
     def partial(self) -> PartialEvolution:
-        return PartialEvolution(self.small_size, self.boundary)
+        return PartialEvolution(self.small_size, self.boundary, duration=self.pair_duration)
 
     def make_system(self):
         """The microscopic simulator this config describes."""

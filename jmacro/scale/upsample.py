@@ -53,14 +53,15 @@ class LocalRelax:
         window: window side w.
         stride: distance s between window origins; must divide the lattice side.
         num_events: flips per window visit (default w*w).
-        boundary: ``"halo"`` (window sees frozen real neighbours) or ``"periodic"``.
+        boundary: ``"halo"`` (window sees frozen real neighbours), ``"periodic"`` (isolated
+            window) or ``"mean_field"`` (Curie-Weiss: the field of the whole lattice).
         schedule: ``"sequential"`` (reference) or ``"parallel"`` (groups of disjoint windows).
     """
 
     window: int = 16
     stride: int = 8
     num_events: int | None = None
-    boundary: Literal["halo", "periodic"] = "halo"
+    boundary: Literal["halo", "periodic", "mean_field"] = "halo"
     schedule: Literal["sequential", "parallel"] = "sequential"
 
     def __post_init__(self):
@@ -68,8 +69,10 @@ class LocalRelax:
         check_positive_int(self.stride, "stride")
         if self.num_events is not None:
             check_positive_int(self.num_events, "num_events")
-        if self.boundary not in ("halo", "periodic"):
-            raise ValueError(f"boundary must be 'halo' or 'periodic', got {self.boundary!r}.")
+        if self.boundary not in ("halo", "periodic", "mean_field"):
+            raise ValueError(
+                f"boundary must be 'halo', 'periodic' or 'mean_field', got {self.boundary!r}."
+            )
         if self.schedule not in ("sequential", "parallel"):
             raise ValueError(f"schedule must be 'sequential' or 'parallel', got {self.schedule!r}.")
 
@@ -88,14 +91,18 @@ class LocalRelax:
             )
 
 
-def _evolve_window(system, window_cut, key, cfg: LocalRelax):
-    """Evolve one (w+2, w+2) cut (window plus its halo ring); return the (w, w) window."""
+def _evolve_window(system, window_cut, key, cfg: LocalRelax, total_sum, num_total):
+    """Evolve one (w+2, w+2) cut (window plus its halo ring); return the (w, w) window.
+
+    ``total_sum`` / ``num_total``: the lattice's spin sum and size, for ``"mean_field"``."""
+    window = window_cut[1:-1, 1:-1]
     if cfg.boundary == "halo":
-        after, _ = system.advance_events(
-            window_cut[1:-1, 1:-1], key, cfg.num_events, halo=window_cut
-        )
+        after, _ = system.advance_events(window, key, cfg.num_events, halo=window_cut)
+    elif cfg.boundary == "mean_field":
+        background = total_sum - window.astype(jnp.int32).sum()
+        after, _ = system.advance_events(window, key, cfg.num_events, background, num_total)
     else:
-        after, _ = system.advance_events(window_cut[1:-1, 1:-1], key, cfg.num_events)
+        after, _ = system.advance_events(window, key, cfg.num_events)
     return after
 
 
@@ -116,7 +123,8 @@ def local_relax(
             row, col = (index // per_side) * s, (index % per_side) * s
             # Roll so the window sits at (1, 1): wrap-around windows need no special case.
             rolled = jnp.roll(x, (1 - row, 1 - col), axis=(0, 1))
-            window = _evolve_window(system, rolled[: w + 2, : w + 2], key, cfg)
+            total = x.astype(jnp.int32).sum()
+            window = _evolve_window(system, rolled[: w + 2, : w + 2], key, cfg, total, x.size)
             rolled = rolled.at[1 : w + 1, 1 : w + 1].set(window)
             return jnp.roll(rolled, (row - 1, col - 1), axis=(0, 1)), None
 
@@ -131,7 +139,10 @@ def local_relax(
         rolled = jnp.roll(x, (-shift[0], -shift[1]), axis=(0, 1))
         cuts = lattice.tile_with_halo(rolled, w, halo=1)
         keys = jr.split(group_key, len(cuts))
-        windows = jax.vmap(lambda c, k: _evolve_window(system, c, k, cfg))(cuts, keys)
+        total = x.astype(jnp.int32).sum()
+        windows = jax.vmap(_evolve_window, in_axes=(None, 0, 0, None, None, None))(
+            system, cuts, keys, cfg, total, x.size
+        )
         x = jnp.roll(lattice.untile(windows, rolled.shape), shift, axis=(0, 1))
     return x
 
