@@ -211,7 +211,7 @@ _QUICK = dict(
 PRESETS: dict[str, dict[str, SpinPipelineConfig]] = {
     "ising": {
         "smoke": _ising(**_SMOKE),
-        "quick": _ising(**_QUICK),
+        "quick": _ising(**{**_QUICK, "boundary": "halo"}),  # halo: 5x lower error at K = 16
         "paper": _ising(preset="paper"),
     },
     "curie-weiss": {
