@@ -305,7 +305,7 @@ def _fit_stage(cache, name, key_config, train_fn, force):
 
 
 def _run_patch_size(cfg, side, cache, run_dir, truth, force, progress):
-    from jmacro.models import make_latent_sde, make_spin_autoencoder, model_hyperparams
+    from jmacro.models import build_model, model_hyperparams
     from jmacro.training import (
         TrainConfig,
         encode_configurations,
@@ -340,14 +340,7 @@ def _run_patch_size(cfg, side, cache, run_dir, truth, force, progress):
     def train_ae(directory):
         from jmacro.training.checkpoint import save_model
 
-        model = make_spin_autoencoder(
-            jr.fold_in(root, 1),
-            **{
-                k: tuple(v) if isinstance(v, list) else v
-                for k, v in ae_hyper.items()
-                if k != "kind"
-            },
-        )
+        model = build_model(ae_hyper, jr.fold_in(root, 1))
         if cfg.closure_dim:
             rng = np.random.default_rng([cfg.seed, side])
             count = min(cfg.ae_max_snapshots, len(snapshots))
@@ -421,9 +414,7 @@ def _run_patch_size(cfg, side, cache, run_dir, truth, force, progress):
                 method=method,
             )
             scale = default_covariance_scale(method, num_patches)
-            sde = make_latent_sde(
-                jr.fold_in(root, 3), **{k: v for k, v in sde_hyper.items() if k != "kind"}
-            ).with_normaliser(normaliser)
+            sde = build_model(sde_hyper, jr.fold_in(root, 3)).with_normaliser(normaliser)
             result = fit(
                 sde,
                 increment_loss_fn(scale, cfg.jitter),
