@@ -158,7 +158,6 @@ def _curie_weiss(**kw) -> SpinPipelineConfig:
         diffusion="constant_diagonal",
         sde_learning_rate=1e-2,
         test_magnetisations=(-0.5, -0.25, 0.0, 0.25, 0.5),
-        num_random=0,
     )
     defaults.update(kw)
     return SpinPipelineConfig(**defaults)
@@ -215,10 +214,8 @@ PRESETS: dict[str, dict[str, SpinPipelineConfig]] = {
         "paper": _ising(preset="paper"),
     },
     "curie-weiss": {
-        "smoke": _curie_weiss(**{**_SMOKE, "num_random": 0}),
-        "quick": _curie_weiss(
-            **{**_QUICK, "num_random": 0, "num_large": 4000, "patch_sizes": (8, 16, 32)}
-        ),
+        "smoke": _curie_weiss(**_SMOKE),
+        "quick": _curie_weiss(**{**_QUICK, "num_random": 2000}),
         "paper": _curie_weiss(preset="paper", num_large=100_000, test_steps=500),
     },
 }
