@@ -1,5 +1,7 @@
-"""Scaling up: dataset building and storage (partial evolution and upsampling to come)."""
+"""Scaling up: partial evolution, hierarchical upsampling, dataset building and storage."""
 
+from jmacro.scale.builder import SpinDatasetConfig, build_spin_datasets, small_trajectories
+from jmacro.scale.partial import PartialEvolution, apply_patch, evolve_patch, evolve_patches
 from jmacro.scale.storage import (
     Dataset,
     DatasetError,
@@ -18,8 +20,21 @@ __all__ = [
     "DatasetExistsError",
     "DatasetNotFoundError",
     "DatasetWriter",
+    "HierarchicalUpsampling",
+    "LocalRelax",
+    "PartialEvolution",
+    "SpinDatasetConfig",
+    "apply_patch",
     "atomic_directory",
+    "build_spin_datasets",
+    "evolve_patch",
+    "evolve_patches",
+    "hierarchical_upsample",
     "load_dataset",
+    "local_relax",
     "save_dataset",
+    "small_trajectories",
     "to_jsonable",
+    "upsample_dataset",
+    "upsample_spins",
 ]

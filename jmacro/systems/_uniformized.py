@@ -23,12 +23,17 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
+from jmacro._checks import check_positive_int, is_concrete
+
 AttemptFn = Callable[[Any, Int[Array, ""], Float[Array, ""], jax.Array], tuple[Any, jax.Array]]
 
 # Attempts drawn per random-number batch: large enough to amortise the generator's call
 # overhead, small enough that the unused tail of the last batch costs little.
 _CHUNK = 128
 _INT_MAX = jnp.iinfo(jnp.int32).max
+# Above this many attempts per requested flip the rates are too small to reach the requested
+# number of flips; the event-count driver then stops and reports an infinite elapsed time.
+_MAX_ATTEMPTS_PER_EVENT = 10_000
 
 
 def run_attempts(
@@ -100,3 +105,35 @@ def elapsed_time(
 def num_ticks(key: PRNGKeyArray, duration: Float[Array, ""], num_sites: int) -> Int[Array, ""]:
     """Number of ticks of a rate-``num_sites`` Poisson clock in a window: Poisson(n t)."""
     return jr.poisson(key, duration * num_sites).astype(jnp.int32)
+
+
+def advance_events(
+    run: Callable[..., tuple[Any, Int[Array, ""], Int[Array, ""]]],
+    key: PRNGKeyArray,
+    num_events: Int[Array, ""] | int | None,
+    num_sites: int,
+) -> tuple[Any, Float[Array, ""]]:
+    """Advance by exactly ``num_events`` flips (default ``num_sites``) and time the result.
+
+    Args:
+        run: ``run(key, max_events=..., max_attempts=...) -> (state, num_flips,
+            num_attempts)``, a system's uniformized driver.
+        key: PRNG key.
+        num_events: positive integer (may be traced); None means ``num_sites``.
+        num_sites: n, the rate of the merged Poisson clock.
+
+    Returns:
+        ``(state, dt)``; ``dt`` is ``inf`` if more than 10^4 attempts per flip were needed
+        (a numerically frozen state).
+    """
+    if num_events is None:
+        num_events = num_sites
+    elif is_concrete(num_events):
+        num_events = check_positive_int(num_events, "num_events")
+    max_attempts = jnp.minimum(
+        jnp.asarray(num_events, jnp.float32) * _MAX_ATTEMPTS_PER_EVENT, 2.0**31 - 2**7
+    ).astype(jnp.int32)
+    key_run, key_time = jr.split(key)
+    state, num_flips, num_attempts = run(key_run, max_events=num_events, max_attempts=max_attempts)
+    dt = elapsed_time(key_time, num_attempts, num_sites)
+    return state, jnp.where(num_flips < num_events, jnp.inf, dt)

@@ -35,8 +35,6 @@ from jmacro.systems import _uniformized
 from jmacro.systems.base import AbstractSpinSystem
 from jmacro.systems.ising import _as_param, random_spins
 
-_MAX_ATTEMPTS_PER_EVENT = 10_000
-
 
 class CurieWeiss(AbstractSpinSystem):
     """Mean-field Ising model under continuous-time heat-bath Glauber dynamics.
@@ -101,24 +99,11 @@ class CurieWeiss(AbstractSpinSystem):
             attempts per flip were needed).
         """
         spins, num_total = self._check(spins, num_total)
-        if num_events is None:
-            num_events = spins.size
-        elif is_concrete(num_events):
-            num_events = check_positive_int(num_events, "num_events")
-        max_attempts = jnp.minimum(
-            jnp.asarray(num_events, jnp.float32) * _MAX_ATTEMPTS_PER_EVENT, 2.0**31 - 2**7
-        ).astype(jnp.int32)
-        key_run, key_time = jr.split(key)
-        spins, num_flips, num_attempts = self._sequential(
-            spins,
-            key_run,
-            background_sum,
-            num_total,
-            max_events=num_events,
-            max_attempts=max_attempts,
-        )
-        dt = _uniformized.elapsed_time(key_time, num_attempts, spins.size)
-        return spins, jnp.where(num_flips < num_events, jnp.inf, dt)
+
+        def run(key, **stop):
+            return self._sequential(spins, key, background_sum, num_total, **stop)
+
+        return _uniformized.advance_events(run, key, num_events, spins.size)
 
     def advance_time(
         self,

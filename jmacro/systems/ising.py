@@ -49,9 +49,6 @@ from jmacro._checks import (
 from jmacro.systems import _uniformized
 from jmacro.systems.base import AbstractSpinSystem
 
-# Above this many attempts per requested flip the heat-bath rates are too small to reach the
-# requested number of flips; advance_events then stops and reports an infinite elapsed time.
-_MAX_ATTEMPTS_PER_EVENT = 10_000
 # Waves executed between two checks of the parallel algorithm's stopping condition.
 _WAVES_PER_CHECK = 8
 # Largest uniform used to draw Exp(1) = -log1p(-v): keeps local times finite.
@@ -142,20 +139,11 @@ class GlauberIsing(AbstractSpinSystem):
             ``advance_time``).
         """
         spins = self._check(spins, halo)
-        num_sites = spins.size
-        if num_events is None:
-            num_events = num_sites
-        elif is_concrete(num_events):
-            num_events = check_positive_int(num_events, "num_events")
-        max_attempts = jnp.minimum(
-            jnp.asarray(num_events, jnp.float32) * _MAX_ATTEMPTS_PER_EVENT, 2.0**31 - 2**7
-        ).astype(jnp.int32)
-        key_run, key_time = jr.split(key)
-        spins, num_flips, num_attempts = self._sequential(
-            spins, key_run, halo, max_events=num_events, max_attempts=max_attempts
-        )
-        dt = _uniformized.elapsed_time(key_time, num_attempts, num_sites)
-        return spins, jnp.where(num_flips < num_events, jnp.inf, dt)
+
+        def run(key, **stop):
+            return self._sequential(spins, key, halo, **stop)
+
+        return _uniformized.advance_events(run, key, num_events, spins.size)
 
     def advance_time(
         self,
