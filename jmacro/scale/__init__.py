@@ -1,6 +1,9 @@
-"""Scaling up: partial evolution, hierarchical upsampling, dataset building and storage."""
+"""Scaling up: partial evolution, hierarchical upsampling and dataset storage.
 
-from jmacro.scale.builder import SpinDatasetConfig, build_spin_datasets, small_trajectories
+The dataset builder lives in ``jmacro.scale.builder`` (not re-exported here: it imports
+``jmacro.cache``, which itself imports this package's storage).
+"""
+
 from jmacro.scale.partial import PartialEvolution, apply_patch, evolve_patch, evolve_patches
 from jmacro.scale.storage import (
     Dataset,
@@ -23,17 +26,14 @@ __all__ = [
     "HierarchicalUpsampling",
     "LocalRelax",
     "PartialEvolution",
-    "SpinDatasetConfig",
     "apply_patch",
     "atomic_directory",
-    "build_spin_datasets",
     "evolve_patch",
     "evolve_patches",
     "hierarchical_upsample",
     "load_dataset",
     "local_relax",
     "save_dataset",
-    "small_trajectories",
     "to_jsonable",
     "upsample_dataset",
     "upsample_spins",
