@@ -1,6 +1,7 @@
 """Reproduce the test-error-vs-n_s table (REFERENCE.md section 3) for Ising and Curie-Weiss.
 
     python experiments/test_error_vs_patch_size.py --preset quick
+    python experiments/test_error_vs_patch_size.py --preset reference-cpu   # L = 64, ~1 h on a CPU
     python experiments/test_error_vs_patch_size.py --preset paper --boundary halo   # on a GPU
 
 Each system runs through ``jmacro.pipelines`` (cached in runs/<system>-<preset>[-<boundary>]),
@@ -18,7 +19,9 @@ from jmacro.report import REFERENCE_TEST_ERROR
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="quick", choices=["smoke", "quick", "paper"])
+    parser.add_argument(
+        "--preset", default="quick", choices=["smoke", "quick", "reference-cpu", "paper"]
+    )
     parser.add_argument("--systems", nargs="+", default=["curie-weiss", "ising"])
     parser.add_argument("--boundary", default=None, help="override the partial-evolution boundary")
     args = parser.parse_args()

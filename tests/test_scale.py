@@ -154,6 +154,32 @@ def test_local_relax_heals_blocky_configurations(schedule):
     assert abs(dw_relaxed - target) < 0.15 * target
 
 
+def test_fixed_time_relaxation_avoids_the_jump_chain_tilt():
+    """Relaxing windows by a fixed flip count samples the jump chain, tilted by the total flip
+    rate towards disordered states: under the true dynamics the domain-wall density of such
+    snapshots then falls (measured -0.012 per sweep). Fixed-time windows give snapshots whose
+    density drifts at most a third as much (measured -0.002). 256 lattices: SE ~ 1e-3."""
+    small = jax.jit(jax.vmap(lambda x, k: ISING.advance_time(x, k, 30.0)))(
+        random_lattices(256, 16), jr.split(jr.key(6), 256)
+    )
+    dw = jax.vmap(observables.domain_wall_density)
+    drifts = {}
+    for name, relax in [
+        ("events", LocalRelax(8, 4, schedule="parallel")),
+        ("time", LocalRelax(8, 4, schedule="parallel", duration=2.0)),
+    ]:
+        cfg = HierarchicalUpsampling(32, relax=relax)
+        large = jax.jit(lambda s, k, c=cfg: hierarchical_upsample(ISING, s, k, c))(small, jr.key(7))
+        later = jax.jit(jax.vmap(lambda x, k: ISING.advance_time(x, k, 1.0)))(
+            large, jr.split(jr.key(8), 256)
+        )
+        change = np.asarray(dw(later) - dw(large))
+        drifts[name] = (change.mean(), change.std() / np.sqrt(len(change)))
+    (events, se_events), (fixed, _) = drifts["events"], drifts["time"]
+    assert events < -5 * se_events, drifts
+    assert abs(fixed) < abs(events) / 3, drifts
+
+
 def test_bad_sizes_raise_before_compute():
     with pytest.raises(ValueError, match="does not tile"):
         PartialEvolution(6).check((16, 16))
@@ -163,6 +189,10 @@ def test_bad_sizes_raise_before_compute():
         PartialEvolution(8, "open")
     with pytest.raises(ValueError, match="stride"):
         LocalRelax(16, 6).check(64)
+    with pytest.raises(ValueError, match="duration"):
+        LocalRelax(16, 8, duration=-1.0)
+    with pytest.raises(ValueError, match="small_step_time"):
+        SpinDatasetConfig(small_step_time=0.0)
     with pytest.raises(ValueError, match="power"):
         SpinDatasetConfig(small_size=12, large_size=40)
 

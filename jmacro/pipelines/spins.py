@@ -17,10 +17,15 @@ Shared by all n_s: the ground-truth test ensembles (``truth``) and the validatio
 config entries it depends on (``jmacro.cache.StageCache``).
 
 Choices (documented, configurable):
-- Ground truth, validation and partial evolution advance a fixed time ``step_time`` (sweeps)
-  with the exact continuous-time algorithms; the reference's "one step = n flips" has a random
-  dt, and with per-sample dt a fixed flip count biases the fitted diffusion by n/(n-1).
-  ``pair_events=True`` restores the reference's flip-count partial evolution.
+- Ground truth, validation, small-system trajectories and partial evolution advance a fixed
+  time ``step_time`` (sweeps) with the exact continuous-time algorithms; the reference's "one
+  step = n flips" has a random dt, and with per-sample dt a fixed flip count biases the fitted
+  diffusion by n/(n-1). ``pair_events=True`` restores the reference's flip counts.
+- LocalRelax visits windows for a fixed time ``relax_time`` rather than w^2 flips: a state
+  observed after a fixed number of flips follows the jump chain, tilted towards disordered
+  states; at T = 2.5 flip-count-relaxed snapshots have a domain-wall density that still falls
+  by 0.012 per sweep under the true dynamics (fixed time 2: 0.002), and that bias goes straight
+  into the learned drift.
 - Errors are computed in min-max normalised latents (the coordinates the SDE sees, as the
   reference does for Ising), the normaliser fitted on the large training snapshots.
 """
@@ -42,6 +47,7 @@ import numpy as np
 
 from jmacro._checks import check_positive_int
 from jmacro.cache import StageCache, StageResult
+from jmacro.pipelines._common import claim_run_dir, fit_stage
 from jmacro.scale.builder import SpinDatasetConfig, build_spin_datasets
 from jmacro.scale.upsample import LocalRelax
 
@@ -67,7 +73,8 @@ class SpinPipelineConfig:
     step_time: float = 1.0
     """Duration (sweeps) of one step of the ground truth, the validation runs and the pairs."""
     pair_events: bool = False
-    """Partial evolution by l^2 flips (reference) instead of ``step_time``."""
+    """Small-system steps and partial evolution by l^2 flips (reference) instead of
+    ``step_time``."""
     # small-system data and upsampling
     num_trajectories: int = 1000
     num_steps: int = 200
@@ -76,6 +83,10 @@ class SpinPipelineConfig:
     relax_window: int = 16
     relax_stride: int = 8
     relax_schedule: Literal["sequential", "parallel"] = "sequential"
+    relax_time: float | None = 2.0
+    """Continuous time (sweeps) of each LocalRelax window visit; ``None`` relaxes by w^2 flips
+    (reference). Flip-count relaxation leaves snapshots whose domain-wall density still drifts
+    (-0.012 per sweep at T = 2.5, 8x8 windows), which biases the learned drift."""
     # models
     closure_dim: int = 2
     ae_channels: int = 32
@@ -122,7 +133,12 @@ class SpinPipelineConfig:
             # Curie-Weiss windows feel the whole lattice's field; Ising windows their neighbours.
             boundary = "mean_field" if self.experiment == "curie-weiss" else "halo"
             relax = LocalRelax(
-                window, min(self.relax_stride, window), None, boundary, self.relax_schedule
+                window,
+                min(self.relax_stride, window),
+                None,
+                boundary,
+                self.relax_schedule,
+                duration=self.relax_time,
             )
         return SpinDatasetConfig(
             system=self.experiment,
@@ -138,6 +154,7 @@ class SpinPipelineConfig:
             boundary=self.boundary,
             seed=self.seed,
             pair_duration=None if self.pair_events else self.step_time,
+            small_step_time=None if self.pair_events else self.step_time,
         )
 
     def make_system(self):
@@ -207,15 +224,32 @@ _QUICK = dict(
     num_test_runs=20,
     test_steps=60,
 )
+# The reference sizes (L = 64, n_s = 8^2 ... 64^2) with data and epochs cut to fit a 2-core
+# CPU in about half an hour per system: the table of the README's "Results" section.
+_REFERENCE_CPU = dict(
+    _QUICK,
+    preset="reference-cpu",
+    large_size=64,
+    patch_sizes=(8, 16, 32, 64),
+    num_large=4000,
+    num_random=2000,
+    relax_window=16,
+    relax_stride=8,
+    ae_max_snapshots=4000,
+    num_test_runs=20,
+    test_steps=100,
+)
 PRESETS: dict[str, dict[str, SpinPipelineConfig]] = {
     "ising": {
         "smoke": _ising(**_SMOKE),
         "quick": _ising(**{**_QUICK, "boundary": "halo"}),  # halo: 5x lower error at K = 16
+        "reference-cpu": _ising(**{**_REFERENCE_CPU, "boundary": "halo"}),
         "paper": _ising(preset="paper"),
     },
     "curie-weiss": {
         "smoke": _curie_weiss(**_SMOKE),
         "quick": _curie_weiss(**{**_QUICK, "num_random": 2000}),
+        "reference-cpu": _curie_weiss(**_REFERENCE_CPU),
         "paper": _curie_weiss(preset="paper", num_large=100_000, test_steps=500),
     },
 }
@@ -294,13 +328,6 @@ def _truth_stage(cache, cfg, system, force):
     return cache.get_or_build("truth", key_config, build, force=force)
 
 
-def _fit_stage(cache, name, key_config, train_fn, force):
-    def build(tmp_dir):
-        train_fn(Path(tmp_dir))
-
-    return cache.get_or_build_dir(name, key_config, build, force=force)
-
-
 def _run_patch_size(cfg, side, cache, run_dir, truth, force, progress):
     from jmacro.models import build_model, model_hyperparams
     from jmacro.training import (
@@ -361,7 +388,7 @@ def _run_patch_size(cfg, side, cache, run_dir, truth, force, progress):
             model = result.model
         save_model(directory, model, ae_hyper)
 
-    ae_stage = _fit_stage(
+    ae_stage = fit_stage(
         cache,
         f"{tag}_autoencoder",
         {
@@ -432,7 +459,7 @@ def _run_patch_size(cfg, side, cache, run_dir, truth, force, progress):
                 json.dumps([r._asdict() for r in result.history])
             )
 
-        results[method] = _fit_stage(
+        results[method] = fit_stage(
             cache,
             f"{tag}_sde_{method}",
             {
@@ -507,7 +534,7 @@ def run(
 
     start = time.perf_counter()
     run_dir = Path(run_dir)
-    _claim_run_dir(run_dir, cfg)
+    claim_run_dir(run_dir, {"experiment": cfg.experiment, "large_size": cfg.large_size})
     cache = StageCache(run_dir)
     system = cfg.make_system()
     truth = _truth_stage(cache, cfg, system, force)
@@ -553,27 +580,3 @@ def run(
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     write_spin_report(run_dir, cfg, metrics, evaluations)
     return RunResult(run_dir, metrics, all_stages)
-
-
-def _claim_run_dir(run_dir: Path, cfg: SpinPipelineConfig) -> None:
-    """Create ``run_dir`` or check that it belongs to a compatible run."""
-    identity = {"experiment": cfg.experiment, "large_size": cfg.large_size}
-    marker = run_dir / "run.json"
-    if marker.is_file():
-        stored = json.loads(marker.read_text())
-        if stored != identity:
-            raise ValueError(
-                f"{run_dir} holds a run of {stored}, not {identity}; choose another --out "
-                "directory (the existing run is left untouched)."
-            )
-        return
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise ValueError(
-            f"{run_dir} exists, is not empty and is not a jmacro run directory; "
-            "choose another --out directory."
-        )
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps(identity))
-    except OSError as error:
-        raise ValueError(f"cannot write the run directory {run_dir}: {error}") from error

@@ -4,6 +4,16 @@ The dataset builder lives in ``jmacro.scale.builder`` (not re-exported here: it 
 ``jmacro.cache``, which itself imports this package's storage).
 """
 
+from jmacro.scale.fields import (
+    FieldLocalRelax,
+    apply_field_patch,
+    evolve_field_patch,
+    field_local_relax,
+    field_partial_pairs,
+    field_patch_with_ghosts,
+    upsample_field,
+    upsample_fields,
+)
 from jmacro.scale.partial import PartialEvolution, apply_patch, evolve_patch, evolve_patches
 from jmacro.scale.storage import (
     Dataset,
@@ -16,6 +26,14 @@ from jmacro.scale.storage import (
     save_dataset,
     to_jsonable,
 )
+from jmacro.scale.upsample import (
+    HierarchicalUpsampling,
+    LocalRelax,
+    hierarchical_upsample,
+    local_relax,
+    upsample_dataset,
+    upsample_spins,
+)
 
 __all__ = [
     "Dataset",
@@ -23,18 +41,26 @@ __all__ = [
     "DatasetExistsError",
     "DatasetNotFoundError",
     "DatasetWriter",
+    "FieldLocalRelax",
     "HierarchicalUpsampling",
     "LocalRelax",
     "PartialEvolution",
+    "apply_field_patch",
     "apply_patch",
     "atomic_directory",
+    "evolve_field_patch",
     "evolve_patch",
     "evolve_patches",
+    "field_local_relax",
+    "field_partial_pairs",
+    "field_patch_with_ghosts",
     "hierarchical_upsample",
     "load_dataset",
     "local_relax",
     "save_dataset",
     "to_jsonable",
     "upsample_dataset",
+    "upsample_field",
+    "upsample_fields",
     "upsample_spins",
 ]

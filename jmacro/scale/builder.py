@@ -4,7 +4,8 @@ Three cached stages in a run directory (``jmacro.cache.StageCache``), each a dat
 directory (``.npy`` + ``meta.json``, written atomically, loaded memory-mapped):
 
 - ``small``: ``snapshots (T, S+1, l, l) int8`` and ``times (T, S+1) float32`` of T small-system
-  trajectories of S steps (a step is l*l flips) from uniform-random initial magnetisation;
+  trajectories of S steps (a step is l*l flips, or a fixed time ``small_step_time``) from
+  uniform-random initial magnetisation;
 - ``large``: ``snapshots (M, L, L) int8``, hierarchical upsampling of snapshots drawn from the
   small pool (+ random-magnetisation configurations);
 - ``pairs``: ``patch_after (M, l, l) int8``, ``dt (M,)``, ``patch_index (M,)``: one partial
@@ -46,6 +47,10 @@ class SpinDatasetConfig:
         relax: LocalRelax settings (None: no relaxation).
         boundary: partial-evolution boundary mode.
         pair_duration: partial evolution for this fixed time (sweeps) instead of l*l flips.
+        small_step_time: small-system steps of this fixed time (sweeps) instead of l*l flips.
+            Snapshots taken after a fixed number of flips follow the jump chain, whose law is
+            tilted by the total flip rate towards disordered states; fixed-time snapshots are
+            samples of the continuous-time process.
         seed: master seed; every stage derives its key from it.
     """
 
@@ -61,6 +66,7 @@ class SpinDatasetConfig:
     relax: LocalRelax | None = LocalRelax()  # noqa: RUF009 (frozen, immutable)
     boundary: Literal["periodic", "halo", "mean_field"] = "periodic"
     pair_duration: float | None = None
+    small_step_time: float | None = None
     seed: int = 0
 
     def __post_init__(self):
@@ -68,6 +74,10 @@ class SpinDatasetConfig:
             check_positive_int(getattr(self, name), name)
         if self.num_random < 0:
             raise ValueError(f"num_random must be >= 0, got {self.num_random}.")
+        if self.small_step_time is not None and not (
+            np.isfinite(self.small_step_time) and self.small_step_time > 0
+        ):
+            raise ValueError(f"small_step_time must be finite and > 0, got {self.small_step_time}.")
         if self.system not in ("ising", "curie-weiss"):
             raise ValueError(f"system must be 'ising' or 'curie-weiss', got {self.system!r}.")
         # Fail before any compute on sizes that cannot work.
@@ -99,10 +109,12 @@ def small_trajectories(
     num_steps: int,
     size: int,
     *,
+    step_time: float | None = None,
     batch_size: int = 256,
     progress: bool = True,
 ) -> dict[str, np.ndarray]:
-    """Trajectories of the small system from m0 ~ U(-1, 1); a step is size^2 flip events.
+    """Trajectories of the small system from m0 ~ U(-1, 1); a step is size^2 flip events, or
+    the fixed time ``step_time`` (sweeps) if given.
 
     Trajectory ``i`` uses ``fold_in(key, i)``. Returns ``snapshots (T, S+1, l, l) int8`` and
     ``times (T, S+1) float32`` (cumulative continuous time, starting at 0).
@@ -117,7 +129,10 @@ def small_trajectories(
         spins = system.init_state(key_init, (size, size), m0)
 
         def step(spins, k):
-            spins, dt = system.advance_events(spins, k)
+            if step_time is None:
+                spins, dt = system.advance_events(spins, k)
+            else:
+                spins, dt = system.advance_time(spins, k, step_time), jnp.float32(step_time)
             return spins, (spins, dt)
 
         _, (path, dts) = jax.lax.scan(step, spins, jr.split(key_run, num_steps))
@@ -156,6 +171,7 @@ def build_spin_datasets(
         "size": cfg.small_size,
         "num_trajectories": cfg.num_trajectories,
         "num_steps": cfg.num_steps,
+        "step_time": cfg.small_step_time,
         "seed": cfg.seed,
     }
 
@@ -166,6 +182,7 @@ def build_spin_datasets(
             cfg.num_trajectories,
             cfg.num_steps,
             cfg.small_size,
+            step_time=cfg.small_step_time,
             progress=progress,
         )
         for name, array in data.items():

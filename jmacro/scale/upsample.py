@@ -52,7 +52,12 @@ class LocalRelax:
     Attributes:
         window: window side w.
         stride: distance s between window origins; must divide the lattice side.
-        num_events: flips per window visit (default w*w).
+        num_events: flips per window visit (default w*w). Ignored if ``duration`` is set.
+        duration: if set, every window visit evolves for this continuous time (sweeps) with
+            ``advance_time`` instead of a fixed flip count. A state observed after a fixed
+            number of flips follows the embedded jump chain, whose law is tilted by the total
+            flip rate R(x) towards disordered states (stationary law pi(x) R(x) / E[R]); in a
+            small window the tilt is strong. Fixed-time relaxation has no such tilt.
         boundary: ``"halo"`` (window sees frozen real neighbours), ``"periodic"`` (isolated
             window) or ``"mean_field"`` (Curie-Weiss: the field of the whole lattice).
         schedule: ``"sequential"`` (reference) or ``"parallel"`` (groups of disjoint windows).
@@ -63,12 +68,15 @@ class LocalRelax:
     num_events: int | None = None
     boundary: Literal["halo", "periodic", "mean_field"] = "halo"
     schedule: Literal["sequential", "parallel"] = "sequential"
+    duration: float | None = None
 
     def __post_init__(self):
         check_positive_int(self.window, "window")
         check_positive_int(self.stride, "stride")
         if self.num_events is not None:
             check_positive_int(self.num_events, "num_events")
+        if self.duration is not None and not (np.isfinite(self.duration) and self.duration > 0):
+            raise ValueError(f"duration must be finite and > 0, got {self.duration!r}.")
         if self.boundary not in ("halo", "periodic", "mean_field"):
             raise ValueError(
                 f"boundary must be 'halo', 'periodic' or 'mean_field', got {self.boundary!r}."
@@ -96,14 +104,21 @@ def _evolve_window(system, window_cut, key, cfg: LocalRelax, total_sum, num_tota
 
     ``total_sum`` / ``num_total``: the lattice's spin sum and size, for ``"mean_field"``."""
     window = window_cut[1:-1, 1:-1]
-    if cfg.boundary == "halo":
-        after, _ = system.advance_events(window, key, cfg.num_events, halo=window_cut)
-    elif cfg.boundary == "mean_field":
-        background = total_sum - window.astype(jnp.int32).sum()
-        after, _ = system.advance_events(window, key, cfg.num_events, background, num_total)
+    if cfg.duration is None:
+
+        def advance(spins, **kwargs):
+            return system.advance_events(spins, key, cfg.num_events, **kwargs)[0]
     else:
-        after, _ = system.advance_events(window, key, cfg.num_events)
-    return after
+
+        def advance(spins, **kwargs):
+            return system.advance_time(spins, key, cfg.duration, **kwargs)
+
+    if cfg.boundary == "halo":
+        return advance(window, halo=window_cut)
+    if cfg.boundary == "mean_field":
+        background = total_sum - window.astype(jnp.int32).sum()
+        return advance(window, background_sum=background, num_total=num_total)
+    return advance(window)
 
 
 def local_relax(
