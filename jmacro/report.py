@@ -142,6 +142,8 @@ FIELD_LATENT_NAMES = ["<u>", "<v>", "closure u", "closure v"]
 def write_predator_prey_report(run_dir: Path, cfg, metrics: dict, evaluation) -> None:
     """Write ``mmd_vs_lambda.png``, ``mmd_over_time.png``, ``trajectories.png`` and
     ``report.md`` for a predator-prey run."""
+    from jmacro.pipelines.predator_prey import _model_tag
+
     plt = _pyplot()
     lambdas = [float(lam) for lam in metrics["mmd_mean"]]
     means = [metrics["mmd_mean"][lam] for lam in metrics["mmd_mean"]]
@@ -165,7 +167,10 @@ def write_predator_prey_report(run_dir: Path, cfg, metrics: dict, evaluation) ->
     times = np.asarray(evaluation["times"])
     fig, ax = plt.subplots(figsize=(5, 3.6))
     for i, lam in enumerate(metrics["mmd_mean"]):
-        curves = [np.asarray(evaluation[f"mmd_lam{lam}_seed{seed}"]).mean(0) for seed in cfg.seeds]
+        curves = [
+            np.asarray(evaluation[f"mmd_{_model_tag(float(lam), seed)}"]).mean(0)
+            for seed in cfg.seeds
+        ]
         ax.plot(times, np.mean(curves, axis=0), color=f"C{i}", lw=1, label=f"lambda = {lam}")
     ax.set_xlabel("time")
     ax.set_ylabel("MMD (mean over test conditions)")
@@ -176,7 +181,7 @@ def write_predator_prey_report(run_dir: Path, cfg, metrics: dict, evaluation) ->
 
     truth = np.asarray(evaluation["truth"])  # (C, R, T+1, d)
     best = metrics["best_lambda"]
-    pred = np.asarray(evaluation[f"pred_lam{best}_seed{cfg.seeds[0]}"])
+    pred = np.asarray(evaluation[f"pred_{_model_tag(float(best), cfg.seeds[0])}"])
     d = truth.shape[-1]
     fig, axes = plt.subplots(1, d, figsize=(3.6 * d, 3.2), squeeze=False)
     for k, ax in enumerate(axes[0]):

@@ -311,7 +311,13 @@ def _truth_stage(cfg, cache, system, root, force, progress):
 
 
 def _lambda_tag(lam: float) -> str:
+    """The key of ``lam`` in ``metrics.json``: "2.5"."""
     return f"{lam:g}"
+
+
+def _model_tag(lam: float, seed: int) -> str:
+    """Stage and array name of one SDE: "lam2p5_seed0" (no dots in directory names)."""
+    return f"lam{_lambda_tag(lam).replace('.', 'p')}_seed{seed}"
 
 
 # ------------------------------------------------------------------------------ driver
@@ -455,7 +461,7 @@ def run(
 
             sde_stages[lam, seed] = fit_stage(
                 cache,
-                f"sde_lam{_lambda_tag(lam)}_seed{seed}",
+                f"sde_{_model_tag(lam, seed)}",
                 {
                     "autoencoder": ae_stage.fingerprint,
                     "pairs": pairs.fingerprint,
@@ -501,7 +507,7 @@ def run(
                         )
                     )
                 )
-            tag = f"lam{_lambda_tag(lam)}_seed{seed}"
+            tag = _model_tag(lam, seed)
             writer.add(f"pred_{tag}", np.stack(pred))
             writer.add(f"mmd_{tag}", np.stack(mmd).astype(np.float32))  # (C, T+1)
 
@@ -519,8 +525,7 @@ def run(
     ev = evaluation.dataset
     per_seed = {
         _lambda_tag(lam): {
-            str(seed): float(np.mean(ev[f"mmd_lam{_lambda_tag(lam)}_seed{seed}"]))
-            for seed in cfg.seeds
+            str(seed): float(np.mean(ev[f"mmd_{_model_tag(lam, seed)}"])) for seed in cfg.seeds
         }
         for lam in cfg.lambdas
     }
