@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from jmacro import lattice, observables
-from jmacro.scale.builder import SpinDatasetConfig, build_spin_datasets
+from jmacro.scale.builder import SpinDatasetConfig, build_spin_datasets, small_trajectories
 from jmacro.scale.partial import PartialEvolution, apply_patch, evolve_patch, evolve_patches
 from jmacro.scale.upsample import (
     HierarchicalUpsampling,
@@ -178,6 +178,17 @@ def test_fixed_time_relaxation_avoids_the_jump_chain_tilt():
     (events, se_events), (fixed, _) = drifts["events"], drifts["time"]
     assert events < -5 * se_events, drifts
     assert abs(fixed) < abs(events) / 3, drifts
+
+
+def test_small_trajectories_on_a_fixed_time_grid():
+    """``step_time`` steps: times are exactly k * step_time; flip-count steps: random times
+    whose mean per step is about l^2 flips / (l^2 <w>) > 0."""
+    fixed = small_trajectories(ISING, jr.key(3), 3, 4, 8, step_time=0.5, progress=False)
+    np.testing.assert_array_equal(fixed["times"], np.tile(0.5 * np.arange(5), (3, 1)))
+    assert fixed["snapshots"].shape == (3, 5, 8, 8) and fixed["snapshots"].dtype == np.int8
+    events = small_trajectories(ISING, jr.key(3), 3, 4, 8, progress=False)
+    steps = np.diff(events["times"], axis=1)
+    assert np.all(steps > 0) and len(np.unique(steps)) > 1
 
 
 def test_bad_sizes_raise_before_compute():
