@@ -266,8 +266,11 @@ class RunResult:
 
 
 # ------------------------------------------------------------------------------ stages
-def _simulate_runs(system, key, initial, num_steps, step_time, *, batch_size=64):
-    """Large-system trajectories on a fixed time grid: ``(R, S+1, L, L) int8``."""
+def simulate_runs(system, key, initial, num_steps, step_time, *, batch_size=64) -> np.ndarray:
+    """Trajectories of ``system`` from the host states ``initial (R, L, L)`` on the time grid
+    0, step_time, ..., num_steps * step_time (exact continuous-time dynamics): ``(R, S+1, L, L)
+    int8``. Run ``r`` uses ``fold_in(key, r)``; batches of ``batch_size`` are sharded over the
+    local devices. The pipeline's ground truth and validation runs."""
     from jmacro.sharding import sharded_vmap
 
     def one(spins, index):
@@ -287,7 +290,9 @@ def _simulate_runs(system, key, initial, num_steps, step_time, *, batch_size=64)
     return out
 
 
-def _initial_states(system, key, magnetisations, num_runs, side):
+def initial_states(system, key, magnetisations, num_runs, side) -> np.ndarray:
+    """``num_runs`` i.i.d. spin lattices ``(side, side)`` per mean magnetisation, in order:
+    ``(len(magnetisations) * num_runs, side, side) int8``."""
     m0 = np.repeat(np.asarray(magnetisations, np.float32), num_runs)
     keys = jr.split(key, len(m0))
     return np.asarray(jax.vmap(lambda k, m: system.init_state(k, (side, side), m))(keys, m0))
@@ -310,19 +315,19 @@ def _truth_stage(cache, cfg, system, force):
     root = jr.fold_in(jr.key(cfg.seed), 1000)
 
     def build(writer):
-        init = _initial_states(
+        init = initial_states(
             system, jr.fold_in(root, 0), cfg.test_magnetisations, cfg.num_test_runs, cfg.large_size
         )
-        test = _simulate_runs(system, jr.fold_in(root, 1), init, cfg.test_steps, cfg.step_time)
+        test = simulate_runs(system, jr.fold_in(root, 1), init, cfg.test_steps, cfg.step_time)
         writer.add(
             "test", test.reshape(len(cfg.test_magnetisations), cfg.num_test_runs, *test.shape[1:])
         )
-        val_init = _initial_states(
+        val_init = initial_states(
             system, jr.fold_in(root, 2), np.linspace(-0.9, 0.9, cfg.num_val_runs), 1, cfg.large_size
         )
         writer.add(
             "validation",
-            _simulate_runs(system, jr.fold_in(root, 3), val_init, cfg.val_steps, cfg.step_time),
+            simulate_runs(system, jr.fold_in(root, 3), val_init, cfg.val_steps, cfg.step_time),
         )
 
     return cache.get_or_build("truth", key_config, build, force=force)
