@@ -7,6 +7,7 @@ on the data at hand; fixed seeds make every run identical.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -452,3 +453,27 @@ def test_fit_resumes_a_killed_run_exactly(tmp_path, small_sde):
             checkpoint_dir=run_dir,
             hyperparams={**HYPERPARAMS, "width_size": 16},
         )
+
+
+@pytest.mark.parametrize("num_pairs", [1024, 1000])  # 4 full batches; 3 + a smaller last one
+def test_device_epochs_train_like_the_host_loop(small_sde, num_pairs):
+    """Same batches, keys and updates: the scanned epochs reach the host loop's model and
+    losses up to float32 reassociation (1e-5), including the smaller last batch."""
+    data = normalise_pairs(ou_pairs(4, num_pairs), small_sde.normaliser)
+    config = TrainConfig(learning_rate=3e-3, batch_size=256, num_epochs=3, **QUIET)
+    loss = increment_loss_fn(covariance_scale=2.0)
+    host = fit(small_sde, loss, data, data, rbg_key(8), config)
+    device = fit(
+        small_sde, loss, data, data, rbg_key(8), dataclasses.replace(config, device_epochs=True)
+    )
+    chex.assert_trees_all_close(
+        eqx.filter(device.last_model, eqx.is_array),
+        eqx.filter(host.last_model, eqx.is_array),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    for a, b in zip(device.history, host.history, strict=True):
+        assert a.train_loss == pytest.approx(b.train_loss, rel=1e-5)
+        assert a.val_loss == pytest.approx(b.val_loss, rel=1e-5)
+    moved = eqx.filter(host.last_model, eqx.is_array).drift_net
+    assert not np.allclose(moved.layers[0].weight, small_sde.drift_net.layers[0].weight)

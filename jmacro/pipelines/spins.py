@@ -455,6 +455,7 @@ def _run_patch_size(cfg, side, cache, run_dir, truth, force, progress):
                     batch_size=cfg.sde_batch_size,
                     num_epochs=cfg.sde_epochs,
                     show_progress=progress,
+                    device_epochs=True,
                 ),
                 val_loss_fn=increment_loss_fn(1.0, cfg.jitter),
                 hyperparams=sde_hyper,

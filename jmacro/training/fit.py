@@ -70,6 +70,11 @@ class TrainConfig:
         drop_last: drop the last, smaller, training batch of each epoch.
         val_batch_size: validation batch size (default: ``batch_size``).
         show_progress: tqdm progress bar with the running loss.
+        device_epochs: copy the training data to the device once and run each epoch's full
+            batches as one jitted ``lax.scan`` (same batches, keys and updates as the
+            step-by-step loop; for data that fit in device memory, e.g. latent pairs). Small
+            models are bound by per-step dispatch: measured 2.3x faster for the latent SDE
+            (d = 4, batch 256) on a 2-core CPU.
     """
 
     learning_rate: float = 1e-3
@@ -87,6 +92,7 @@ class TrainConfig:
     drop_last: bool = False
     val_batch_size: int | None = None
     show_progress: bool = True
+    device_epochs: bool = False
 
     def __post_init__(self):
         for name in ("batch_size", "num_epochs", "plateau_patience"):
@@ -324,6 +330,7 @@ def fit(
     key_bits = jr.key_data(key_shuffle) if _is_typed_key(key_shuffle) else key_shuffle
     shuffle_seed = [int(v) for v in np.asarray(key_bits).reshape(-1)]
 
+    device_data = jax.tree.map(jnp.asarray, train_data) if config.device_epochs else None
     state = ckpt.TrainingState(model, init_opt_state(model, config), 0, model, math.inf, 0)
     history: list[EpochRecord] = []
     if checkpoint_dir is not None:
@@ -351,18 +358,27 @@ def fit(
             step_keys = jr.split(jr.fold_in(key_steps, epoch), num_batches)
             loss_sum = 0.0
             pending = None  # check each loss one step late, so the device is never idle
-            for b in range(num_batches + 1):
-                if b < num_batches:
-                    # Sorted indices: same batch contents, contiguous reads from memmaps.
-                    index = np.sort(order[b * batch_size : (b + 1) * batch_size])
-                    batch = jax.tree.map(lambda a, i=index: np.asarray(a[i]), train_data)
-                    model, opt_state, loss = make_step(model, opt_state, batch, step_keys[b])
-                if pending is not None:
-                    loss_sum += _finite_or_raise(*pending, epoch, num_batches)
-                    progress.update(1)
-                    if config.show_progress:
-                        progress.set_postfix(loss=f"{loss_sum / b:.4g}", refresh=False)
-                pending = (loss, b)
+            if config.device_epochs:
+                used = order[: num_batches * batch_size] if config.drop_last else order
+                model, opt_state, losses = _device_epoch(
+                    make_step, model, opt_state, device_data, used, batch_size, step_keys
+                )
+                for b, loss in enumerate(losses):
+                    loss_sum += _finite_or_raise(loss, b, epoch, num_batches)
+                progress.update(num_batches)
+            else:
+                for b in range(num_batches + 1):
+                    if b < num_batches:
+                        # Sorted indices: same batch contents, contiguous reads from memmaps.
+                        index = np.sort(order[b * batch_size : (b + 1) * batch_size])
+                        batch = jax.tree.map(lambda a, i=index: np.asarray(a[i]), train_data)
+                        model, opt_state, loss = make_step(model, opt_state, batch, step_keys[b])
+                    if pending is not None:
+                        loss_sum += _finite_or_raise(*pending, epoch, num_batches)
+                        progress.update(1)
+                        if config.show_progress:
+                            progress.set_postfix(loss=f"{loss_sum / b:.4g}", refresh=False)
+                    pending = (loss, b)
 
             train_loss = loss_sum / num_batches
             val_loss = _evaluate(evaluate, model, val_data, num_val, val_batch_size)
@@ -406,6 +422,48 @@ def fit(
 
 
 # ---------------------------------------------------------------------------------- helpers
+def _device_epoch(make_step, model, opt_state, data, order, batch_size, step_keys):
+    """One epoch on device-resident ``data``: the full batches of ``order`` (each sorted, as in
+    the host loop) in one ``lax.scan``, then the smaller last batch, if any, as one step.
+    Returns the model, the optimiser state and the host array of per-batch losses."""
+    num_full = len(order) // batch_size
+    losses = []
+    if num_full:
+        index = np.sort(order[: num_full * batch_size].reshape(num_full, batch_size), axis=1)
+        model, opt_state, scanned = _scan_steps(make_step)(
+            model, opt_state, data, jnp.asarray(index), step_keys[:num_full]
+        )
+        losses.extend(np.asarray(scanned).tolist())
+    if num_full * batch_size < len(order):
+        index = jnp.asarray(np.sort(order[num_full * batch_size :]))
+        batch = jax.tree.map(lambda a: a[index], data)
+        model, opt_state, loss = make_step(model, opt_state, batch, step_keys[num_full])
+        losses.append(float(loss))
+    return model, opt_state, losses
+
+
+@functools.lru_cache(maxsize=32)
+def _scan_steps(make_step):
+    """Jitted ``(model, opt_state, data, batch_indices (B, b), keys (B,)) -> (model,
+    opt_state, losses (B,))``: ``make_step`` over the batches in a ``lax.scan``."""
+
+    @eqx.filter_jit
+    def run(model, opt_state, data, batch_indices, keys):
+        arrays, static = eqx.partition((model, opt_state), eqx.is_array)
+
+        def body(carry, inputs):
+            index, key = inputs
+            batch = jax.tree.map(lambda a: a[index], data)
+            model, opt_state, loss = make_step(*eqx.combine(carry, static), batch, key)
+            return eqx.filter((model, opt_state), eqx.is_array), loss
+
+        arrays, losses = jax.lax.scan(body, arrays, (batch_indices, keys))
+        model, opt_state = eqx.combine(arrays, static)
+        return model, opt_state, losses
+
+    return run
+
+
 def _num_samples(data, name) -> int:
     leaves = jax.tree.leaves(data)
     if not leaves:
