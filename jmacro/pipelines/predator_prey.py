@@ -169,19 +169,13 @@ _SMOKE = dict(
     test_steps=20,
     save_every=10,
 )
+# The reference's system, data family and test grid; a fifth of its snapshots, two seeds.
 _QUICK = dict(
     preset="quick",
-    num_small_trajectories=50,
-    num_steps=3000,
     snapshot_every=5,
-    ae_epochs=10,
     sde_epochs=80,
     sde_batch_size=256,  # 40 epochs at 1024 left the validation loss falling steeply
     seeds=(0, 1),
-    num_val_runs=10,
-    val_steps=300,
-    num_test_runs=50,
-    test_steps=3000,
 )
 PRESETS: dict[str, PredatorPreyPipelineConfig] = {
     "smoke": PredatorPreyPipelineConfig(**_SMOKE),
