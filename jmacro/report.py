@@ -225,6 +225,13 @@ def write_predator_prey_report(run_dir: Path, cfg, metrics: dict, evaluation) ->
         "",
         f"Best lambda: {best} (Theorem 1 predicts lambda = K = {cfg.num_patches}).",
         "",
+        "Fraction of rollouts that diverge (leave +-10 truth ranges) per lambda and seed: "
+        + "; ".join(
+            f"{lam}: " + ", ".join(f"{v:.2f}" for v in seeds.values())
+            for lam, seeds in metrics["diverged_fraction"].items()
+        )
+        + ".",
+        "",
         "![MMD vs lambda](mmd_vs_lambda.png)",
         "",
         "![MMD over time](mmd_over_time.png)",

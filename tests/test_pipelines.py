@@ -150,6 +150,8 @@ def test_predator_prey_smoke_writes_every_output(predator_prey_run):
     assert set(metrics["mmd_mean"]) == {"1", "5"}
     assert all(np.isfinite(v) and v >= 0 for v in metrics["mmd_mean"].values())
     assert metrics["best_lambda"] in metrics["mmd_mean"]
+    for lam in ("1", "5"):
+        assert 0.0 <= metrics["diverged_fraction"][lam]["0"] <= 1.0
     assert [s.name for s in predator_prey_run.stages] == PREDATOR_PREY_STAGES
     for name in ("report.md", "mmd_vs_lambda.png", "mmd_over_time.png", "trajectories.png"):
         assert (run_dir / name).stat().st_size > 0

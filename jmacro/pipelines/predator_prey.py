@@ -526,6 +526,22 @@ def run(
         for lam in cfg.lambdas
     }
     mmd_mean = {lam: float(np.mean(list(v.values()))) for lam, v in per_seed.items()}
+    # A rollout "diverges" if it leaves the box of +-10 truth ranges around the truth's centre.
+    truth_z = np.asarray(ev["truth"])
+    low, high = truth_z.min(axis=(0, 1, 2)), truth_z.max(axis=(0, 1, 2))
+    centre, half = (low + high) / 2, np.maximum(high - low, 1e-12) * 10
+
+    def diverged(pred):
+        far = np.abs(np.nan_to_num(pred, nan=np.inf) - centre) > half
+        return float(np.mean(far.any(axis=(2, 3))))
+
+    diverged_fraction = {
+        _lambda_tag(lam): {
+            str(seed): diverged(np.asarray(ev[f"pred_{_model_tag(lam, seed)}"]))
+            for seed in cfg.seeds
+        }
+        for lam in cfg.lambdas
+    }
     stages = [small, large, pairs, truth, ae_stage, *sde_stages.values(), evaluation]
     metrics = {
         "experiment": cfg.experiment,
@@ -534,6 +550,7 @@ def run(
         "mmd_mean": mmd_mean,
         "mmd_std_over_seeds": {lam: float(np.std(list(v.values()))) for lam, v in per_seed.items()},
         "mmd_per_seed": per_seed,
+        "diverged_fraction": diverged_fraction,
         "best_lambda": min(mmd_mean, key=mmd_mean.get),
         "num_patches": cfg.num_patches,
         "stages_built": [s.name for s in stages if s.built],
