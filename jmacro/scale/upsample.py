@@ -6,7 +6,8 @@ Starting from small-system snapshots D_s of side l, repeat N_iter = log_m(L / l)
   preserved exactly; the domain-wall density drops by a factor m (blocky configurations).
 - **LocalRelax**: heal seams and blockiness with short microscopic dynamics in overlapping
   windows of side w and stride s with periodic wrap (window (i, j) covers rows i s ... i s + w
-  - 1 mod L). Each window evolves for ``num_events`` flips while it sees its real neighbours
+  - 1 mod L). Each window evolves for ``num_events`` flips (reference), or for a fixed time
+  ``duration`` (no jump-chain bias, see ``LocalRelax``), while it sees its real neighbours
   as a frozen halo (``boundary="halo"``, default; ``"periodic"`` evolves each window as an
   isolated periodic system instead). Two schedules:
 
