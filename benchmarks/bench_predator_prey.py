@@ -19,25 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 
 import jax
 import jax.numpy as jnp
 import jax.random as jr
-import numpy as np
+from bench_glauber import timed  # run as a script: benchmarks/ is on sys.path
 
 from jmacro.systems import PredatorPrey, predator_prey_initial_condition
-
-
-def timed(fn, *args, repeats=3):
-    """Best wall time of ``repeats`` calls after one warm-up (compilation) call."""
-    jax.block_until_ready(fn(*args))
-    best = np.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def main():

@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -236,3 +237,46 @@ def sharded_vmap(
         return out
 
     return call
+
+
+def map_in_batches(
+    fn: Callable[..., Any],
+    num: int,
+    *arrays: Any,
+    batch_size: int,
+    dtype: Any = None,
+    desc: str = "",
+    unit: str = "it",
+    progress: bool = False,
+    check: Callable[[Any, int], None] | None = None,
+) -> Any:
+    """``fn(*elements, index)`` over ``num`` elements, in batches: the host-side driver loop.
+
+    ``arrays`` are host arrays (NumPy, memory maps) with ``num`` rows; element ``i`` gets their
+    row ``i`` and its own index (to derive its key, e.g. ``fold_in(key, index)``, so results do
+    not depend on ``batch_size``). Each batch of ``batch_size`` rows (cast to ``dtype`` if given)
+    runs through one ``sharded_vmap(fn)``, so the jitted function compiles once per batch shape.
+    Returns ``fn``'s output pytree as NumPy arrays with ``num`` rows. ``check(outputs, start)``
+    is called on each batch's NumPy outputs (e.g. to fail early on a blow-up); a tqdm bar shows
+    progress if ``progress``.
+    """
+    from tqdm.auto import tqdm
+
+    if num <= 0:
+        raise ValueError(f"nothing to map over: num = {num}.")
+    run = sharded_vmap(fn)
+    out, treedef = None, None
+    with tqdm(total=num, desc=desc, unit=unit, disable=not progress) as bar:
+        for start in range(0, num, batch_size):
+            stop = min(start + batch_size, num)
+            batch = [jnp.asarray(np.asarray(a[start:stop]), dtype) for a in arrays]
+            pieces = jax.tree.map(np.asarray, run(*batch, jnp.arange(start, stop)))
+            if check is not None:
+                check(pieces, start)
+            leaves, treedef = jax.tree.flatten(pieces)
+            if out is None:
+                out = [np.empty((num, *leaf.shape[1:]), leaf.dtype) for leaf in leaves]
+            for target, leaf in zip(out, leaves, strict=True):
+                target[start:stop] = leaf
+            bar.update(stop - start)
+    return jax.tree.unflatten(treedef, out)

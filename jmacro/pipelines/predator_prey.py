@@ -36,7 +36,7 @@ import numpy as np
 
 from jmacro._checks import check_positive_int
 from jmacro.cache import StageCache
-from jmacro.pipelines._common import claim_run_dir, fit_stage
+from jmacro.pipelines._common import claim_run_dir, fit_stage, train_latent_sde
 from jmacro.pipelines.spins import RunResult
 
 logger = logging.getLogger(__name__)
@@ -336,7 +336,6 @@ def run(
         encode_partial_evolution_pairs,
         fit,
         fit_normaliser,
-        increment_loss_fn,
         load_model,
         normalise_pairs,
         reconstruction_loss,
@@ -433,26 +432,20 @@ def run(
             def train_sde(directory, lam=lam, seed=seed):
                 train, val, normaliser = encoded()
                 key = jr.fold_in(jr.key(seed), 100)
-                sde = build_model(sde_hyper, jr.fold_in(key, 0)).with_normaliser(normaliser)
-                result = fit(
-                    sde,
-                    increment_loss_fn(lam, cfg.jitter),
+                train_latent_sde(
+                    directory,
+                    sde_hyper,
+                    normaliser,
                     train,
                     val,
+                    jr.fold_in(key, 0),
                     jr.fold_in(key, 1),
-                    TrainConfig(
-                        learning_rate=cfg.sde_learning_rate,
-                        batch_size=cfg.sde_batch_size,
-                        num_epochs=cfg.sde_epochs,
-                        show_progress=progress,
-                        device_epochs=True,
-                    ),
-                    val_loss_fn=increment_loss_fn(1.0, cfg.jitter),
-                    hyperparams=sde_hyper,
-                )
-                save_model(directory, result.model, sde_hyper)
-                (directory / "history.json").write_text(
-                    json.dumps([r._asdict() for r in result.history])
+                    lam,
+                    cfg.jitter,
+                    cfg.sde_learning_rate,
+                    cfg.sde_batch_size,
+                    cfg.sde_epochs,
+                    progress,
                 )
 
             sde_stages[lam, seed] = fit_stage(

@@ -47,7 +47,7 @@ import numpy as np
 
 from jmacro._checks import check_positive_int
 from jmacro.cache import StageCache, StageResult
-from jmacro.pipelines._common import claim_run_dir, fit_stage
+from jmacro.pipelines._common import claim_run_dir, fit_stage, train_latent_sde
 from jmacro.scale.builder import SpinDatasetConfig, build_spin_datasets
 from jmacro.scale.upsample import LocalRelax
 
@@ -271,7 +271,7 @@ def simulate_runs(system, key, initial, num_steps, step_time, *, batch_size=64) 
     0, step_time, ..., num_steps * step_time (exact continuous-time dynamics): ``(R, S+1, L, L)
     int8``. Run ``r`` uses ``fold_in(key, r)``; batches of ``batch_size`` are sharded over the
     local devices. The pipeline's ground truth and validation runs."""
-    from jmacro.sharding import sharded_vmap
+    from jmacro.sharding import map_in_batches
 
     def one(spins, index):
         def step(s, k):
@@ -282,12 +282,7 @@ def simulate_runs(system, key, initial, num_steps, step_time, *, batch_size=64) 
         _, path = jax.lax.scan(step, spins, keys)
         return jnp.concatenate([spins[None], path])
 
-    run = sharded_vmap(one)
-    out = np.empty((len(initial), num_steps + 1, *initial.shape[1:]), np.int8)
-    for start in range(0, len(initial), batch_size):
-        stop = min(start + batch_size, len(initial))
-        out[start:stop] = np.asarray(run(jnp.asarray(initial[start:stop]), jnp.arange(start, stop)))
-    return out
+    return map_in_batches(one, len(initial), initial, batch_size=batch_size, dtype=jnp.int8)
 
 
 def initial_states(system, key, magnetisations, num_runs, side) -> np.ndarray:
@@ -342,7 +337,6 @@ def _run_patch_size(cfg, side, cache, run_dir, truth, force, progress):
         encode_partial_evolution_pairs,
         fit,
         fit_normaliser,
-        increment_loss_fn,
         load_model,
         normalise_pairs,
         reconstruction_loss,
@@ -431,8 +425,6 @@ def _run_patch_size(cfg, side, cache, run_dir, truth, force, progress):
     for method in ("ours", "baseline"):
 
         def train_sde(directory, method=method):
-            from jmacro.training.checkpoint import save_model
-
             val_pairs, normaliser = validation_and_normaliser()
             train_pairs = encode_partial_evolution_pairs(
                 ae,
@@ -442,27 +434,20 @@ def _run_patch_size(cfg, side, cache, run_dir, truth, force, progress):
                 pairs["dt"],
                 method=method,
             )
-            scale = default_covariance_scale(method, num_patches)
-            sde = build_model(sde_hyper, jr.fold_in(root, 3)).with_normaliser(normaliser)
-            result = fit(
-                sde,
-                increment_loss_fn(scale, cfg.jitter),
+            train_latent_sde(
+                directory,
+                sde_hyper,
+                normaliser,
                 normalise_pairs(train_pairs, normaliser),
                 normalise_pairs(val_pairs, normaliser),
+                jr.fold_in(root, 3),
                 jr.fold_in(root, 4),
-                TrainConfig(
-                    learning_rate=cfg.sde_learning_rate,
-                    batch_size=cfg.sde_batch_size,
-                    num_epochs=cfg.sde_epochs,
-                    show_progress=progress,
-                    device_epochs=True,
-                ),
-                val_loss_fn=increment_loss_fn(1.0, cfg.jitter),
-                hyperparams=sde_hyper,
-            )
-            save_model(directory, result.model, sde_hyper)
-            (directory / "history.json").write_text(
-                json.dumps([r._asdict() for r in result.history])
+                default_covariance_scale(method, num_patches),
+                cfg.jitter,
+                cfg.sde_learning_rate,
+                cfg.sde_batch_size,
+                cfg.sde_epochs,
+                progress,
             )
 
         results[method] = fit_stage(

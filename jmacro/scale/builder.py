@@ -119,9 +119,7 @@ def small_trajectories(
     Trajectory ``i`` uses ``fold_in(key, i)``. Returns ``snapshots (T, S+1, l, l) int8`` and
     ``times (T, S+1) float32`` (cumulative continuous time, starting at 0).
     """
-    from tqdm.auto import tqdm
-
-    from jmacro.sharding import sharded_vmap
+    from jmacro.sharding import map_in_batches
 
     def one(index):
         key_m, key_init, key_run = jr.split(jr.fold_in(key, index), 3)
@@ -139,17 +137,14 @@ def small_trajectories(
         snapshots = jnp.concatenate([spins[None], path])
         return snapshots, jnp.concatenate([jnp.zeros(1), jnp.cumsum(dts)])
 
-    run = sharded_vmap(one)
-    snapshots = np.empty((num_trajectories, num_steps + 1, size, size), np.int8)
-    times = np.empty((num_trajectories, num_steps + 1), np.float32)
-    with tqdm(
-        total=num_trajectories, desc="small trajectories", unit="traj", disable=not progress
-    ) as bar:
-        for start in range(0, num_trajectories, batch_size):
-            stop = min(start + batch_size, num_trajectories)
-            s, t = run(jnp.arange(start, stop))
-            snapshots[start:stop], times[start:stop] = np.asarray(s), np.asarray(t)
-            bar.update(stop - start)
+    snapshots, times = map_in_batches(
+        one,
+        num_trajectories,
+        batch_size=batch_size,
+        desc="small trajectories",
+        unit="traj",
+        progress=progress,
+    )
     return {"snapshots": snapshots, "times": times}
 
 

@@ -158,13 +158,11 @@ def field_partial_pairs(
         ValueError: K does not divide n, bad shapes, non-finite snapshots, unstable dt.
         SimulationBlowUpError: an evolved patch is non-finite.
     """
-    from tqdm.auto import tqdm
-
-    from jmacro.sharding import sharded_vmap
+    from jmacro.sharding import map_in_batches
 
     check_fields(snapshots, "snapshots", batched=True)
     num, num_cells = snapshots.shape[0], snapshots.shape[1]
-    length = patch_length(num_cells, num_patches)
+    patch_length(num_cells, num_patches)  # raises unless K divides n
     num_steps = check_positive_int(num_steps, "num_steps")
     batch_size = check_positive_int(batch_size, "batch_size")
     system.check_stability(num_cells)
@@ -172,21 +170,17 @@ def field_partial_pairs(
     def one(snapshot, index):
         return evolve_field_patch(system, snapshot, jr.fold_in(key, index), num_patches, num_steps)
 
-    run = sharded_vmap(one)
-    out = {
-        "patch_index": np.empty(num, np.int32),
-        "patch_after": np.empty((num, length, NUM_SPECIES), np.float32),
-        "dt": np.empty(num, np.float32),
-    }
-    with tqdm(total=num, desc="partial evolution", unit="pair", disable=not progress) as bar:
-        for start in range(0, num, batch_size):
-            stop = min(start + batch_size, num)
-            batch = jnp.asarray(np.asarray(snapshots[start:stop]), jnp.float32)
-            patch, dt, index = run(batch, jnp.arange(start, stop))
-            out["patch_after"][start:stop] = np.asarray(patch)
-            out["dt"][start:stop] = np.asarray(dt)
-            out["patch_index"][start:stop] = np.asarray(index)
-            bar.update(stop - start)
+    patch, dt, index = map_in_batches(
+        one,
+        num,
+        snapshots,
+        batch_size=batch_size,
+        dtype=jnp.float32,
+        desc="partial evolution",
+        unit="pair",
+        progress=progress,
+    )
+    out = {"patch_index": index, "patch_after": patch, "dt": dt}
     finite = np.isfinite(out["patch_after"]).all(axis=(1, 2))
     if not finite.all():
         first = int(np.argmin(finite))
@@ -330,9 +324,7 @@ def upsample_fields(
     Returns:
         float32 NumPy ``(B, num_cells, 2)``.
     """
-    from tqdm.auto import tqdm
-
-    from jmacro.sharding import sharded_vmap
+    from jmacro.sharding import map_in_batches
 
     check_fields(snapshots, "snapshots", batched=True)
     num_cells = check_positive_int(num_cells, "num_cells")
@@ -355,15 +347,17 @@ def upsample_fields(
         def one(snapshot, index):
             return upsample_field(snapshot, num_cells, method)
 
-    run = sharded_vmap(one)
     num = snapshots.shape[0]
-    out = np.empty((num, num_cells, NUM_SPECIES), np.float32)
-    with tqdm(total=num, desc="upsampling", unit="snapshot", disable=not progress) as bar:
-        for start in range(0, num, batch_size):
-            stop = min(start + batch_size, num)
-            batch = jnp.asarray(np.asarray(snapshots[start:stop]), jnp.float32)
-            out[start:stop] = np.asarray(run(batch, jnp.arange(start, stop)))
-            bar.update(stop - start)
+    out = map_in_batches(
+        one,
+        num,
+        snapshots,
+        batch_size=batch_size,
+        dtype=jnp.float32,
+        desc="upsampling",
+        unit="snapshot",
+        progress=progress,
+    )
     finite = np.isfinite(out).all(axis=(1, 2))
     if not finite.all():
         raise SimulationBlowUpError(

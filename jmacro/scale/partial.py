@@ -129,9 +129,7 @@ def evolve_patches(
     Returns:
         ``{"patch_after": (N, l, l) int8, "dt": (N,) float32, "patch_index": (N,) int32}``.
     """
-    from tqdm.auto import tqdm
-
-    from jmacro.sharding import sharded_vmap
+    from jmacro.sharding import map_in_batches
 
     num = len(snapshots)
     if num == 0:
@@ -142,22 +140,17 @@ def evolve_patches(
     def one(snapshot, index):
         return evolve_patch(system, snapshot, jr.fold_in(key, index), scheme)
 
-    run = sharded_vmap(one)
-    side = scheme.patch_size
-    out = {
-        "patch_after": np.empty((num, side, side), np.int8),
-        "dt": np.empty(num, np.float32),
-        "patch_index": np.empty(num, np.int32),
-    }
-    with tqdm(total=num, desc="partial evolution", unit="pair", disable=not progress) as bar:
-        for start in range(0, num, batch_size):
-            stop = min(start + batch_size, num)
-            batch = jnp.asarray(np.asarray(snapshots[start:stop]), jnp.int8)
-            patch, dt, index = run(batch, jnp.arange(start, stop))
-            out["patch_after"][start:stop] = np.asarray(patch)
-            out["dt"][start:stop] = np.asarray(dt)
-            out["patch_index"][start:stop] = np.asarray(index)
-            bar.update(stop - start)
+    patch, dt, index = map_in_batches(
+        one,
+        num,
+        snapshots,
+        batch_size=batch_size,
+        dtype=jnp.int8,
+        desc="partial evolution",
+        unit="pair",
+        progress=progress,
+    )
+    out = {"patch_after": patch, "dt": dt, "patch_index": index}
     if not np.all(np.isfinite(out["dt"])):
         bad = int(np.sum(~np.isfinite(out["dt"])))
         raise RuntimeError(

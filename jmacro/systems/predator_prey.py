@@ -439,9 +439,7 @@ def simulate_ensemble(
         SimulationBlowUpError: a trajectory became non-finite; the message names the first
             such trajectory, its first non-finite saved step and the time.
     """
-    from tqdm.auto import tqdm
-
-    from jmacro.sharding import sharded_vmap
+    from jmacro.sharding import map_in_batches
 
     check_fields(initial, "initial", batched=True)
     num_steps = check_positive_int(num_steps, "num_steps")
@@ -453,21 +451,21 @@ def simulate_ensemble(
         )
     num, num_cells = initial.shape[0], initial.shape[1]
     system.check_stability(num_cells)
-    num_saved = num_steps // save_every + 1
 
     def one(x, index):
         return system.simulate(x, jr.fold_in(key, index), num_steps, save_every)
 
-    run = sharded_vmap(one)
-    out = np.empty((num, num_saved, num_cells, NUM_SPECIES), np.float32)
-    with tqdm(total=num, desc="predator-prey", unit="traj", disable=not progress) as bar:
-        for start in range(0, num, batch_size):
-            stop = min(start + batch_size, num)
-            batch = jnp.asarray(np.asarray(initial[start:stop]), jnp.float32)
-            out[start:stop] = np.asarray(run(batch, jnp.arange(start, stop)))
-            check_trajectories_finite(out[start:stop], system, save_every, offset=start)
-            bar.update(stop - start)
-    return out
+    return map_in_batches(
+        one,
+        num,
+        initial,
+        batch_size=batch_size,
+        dtype=jnp.float32,
+        desc="predator-prey",
+        unit="traj",
+        progress=progress,
+        check=lambda paths, start: check_trajectories_finite(paths, system, save_every, start),
+    )
 
 
 def check_trajectories_finite(
