@@ -101,40 +101,48 @@ def simulate(cfg: SimulateConfig) -> list[dict]:
     return records
 
 
-RUN_HELP = """usage: jmacro run EXPERIMENT [--preset PRESET] [--out DIR] [--force] [--quiet]
-                  [--<parameter> VALUE ...]
+RUN_HELP = """usage: jmacro run EXPERIMENT [--preset PRESET] [--out DIR] [--store DIR] [--force]
+                  [--quiet] [--<parameter> VALUE ...]
 
-Run a whole experiment pipeline and write metrics.json, report.md and plots to DIR
-(default runs/<experiment>-<preset>). Stages are cached in DIR: a re-run resumes, a changed
-parameter recomputes only what depends on it, --force recomputes everything.
+Run a whole experiment and write metrics.json, report.md and plots to DIR (default
+runs/<experiment>-<preset>, plus a short config hash when parameters are overridden: each config
+gets its own directory). Stages are cached in a store shared by all runs beside DIR (default
+DIR/../stages): a re-run resumes, a changed parameter recomputes only what depends on it, and
+--force recomputes everything.
 
 experiments: {experiments}
-presets:     smoke (seconds, for tests), quick (default, minutes on a CPU), paper (reference
-             sizes, for a GPU); ising and curie-weiss also have reference-cpu (the reference
-             sizes with data cut to fit a CPU, ~30 min)
+presets:     {presets}
 parameters:  jmacro run EXPERIMENT --preset PRESET --help lists every parameter and its value.
 """
 
 
+def _describe_presets() -> str:
+    from jmacro.pipelines import EXPERIMENTS
+
+    return "; ".join(f"{name}: {', '.join(cls.presets)}" for name, cls in EXPERIMENTS.items())
+
+
 def run_command(argv: list[str]) -> None:
-    """``jmacro run EXPERIMENT [--preset P] [--out DIR] [--force] [--quiet] [overrides]``."""
+    """``jmacro run EXPERIMENT [--preset P] [--out DIR] [--store DIR] [--force] [--quiet]
+    [overrides]``."""
     import argparse
 
     from jmacro import pipelines
 
-    experiments = ", ".join(pipelines.EXPERIMENTS)
     if not argv or argv[0] in ("-h", "--help"):
-        print(RUN_HELP.format(experiments=experiments))
+        experiments = ", ".join(pipelines.EXPERIMENTS)
+        print(RUN_HELP.format(experiments=experiments, presets=_describe_presets()))
         raise SystemExit(0 if argv else 2)
     parser = argparse.ArgumentParser(prog="jmacro run", add_help=False)
     parser.add_argument("experiment")
     parser.add_argument("--preset", default="quick")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--store", default=None)
     parser.add_argument("--force", action="store_true")
     parser.add_argument("--quiet", action="store_true")
     known, overrides = parser.parse_known_args(argv)
     try:
-        base = pipelines.get_config(known.experiment, known.preset)
+        base = pipelines.get_experiment(known.experiment, known.preset)
     except ValueError as error:
         print(f"jmacro: error: {error}", file=sys.stderr)
         raise SystemExit(2) from error
@@ -143,12 +151,14 @@ def run_command(argv: list[str]) -> None:
         default=base,
         args=overrides,
         prog=f"jmacro run {known.experiment} --preset {known.preset}",
+        description=type(base).__doc__,
     )
-    out = known.out or f"runs/{known.experiment}-{known.preset}"
-    result = pipelines.run(cfg, out, force=known.force, progress=not known.quiet)
+    result = pipelines.run(
+        cfg, known.out, store=known.store, force=known.force, progress=not known.quiet
+    )
     metrics = result.metrics
-    summary = ("experiment", "preset", "wall_time_s", "test_error", "mmd_mean", "best_lambda")
-    print(json.dumps({k: metrics[k] for k in summary if k in metrics}, indent=2))
+    summary = ("experiment", "preset", "metric", "wall_time_s", "summary")
+    print(json.dumps({k: metrics[k] for k in summary}, indent=2))
     print(f"wrote {result.run_dir}/metrics.json, report.md and plots")
 
 

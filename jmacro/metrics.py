@@ -11,6 +11,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 MMD_BANDWIDTHS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
@@ -128,3 +129,19 @@ def _check_same_grid(a, b):
             f"ensembles must share the time grid and dimension (shape (n, t, d)), got "
             f"{a.shape} and {b.shape}."
         )
+
+
+def diverged_fraction(predicted, truth, margin: float = 10.0) -> float:
+    """Fraction of predicted trajectories that leave the box of ``margin`` truth ranges around
+    the truth's centre (or turn NaN) at any time, in any latent.
+
+    Args:
+        predicted: ``(..., n, t, d)`` predicted trajectories (host array).
+        truth: ``(..., m, t', d)`` true trajectories; only their per-latent range is used.
+    """
+    predicted, truth = np.asarray(predicted), np.asarray(truth)
+    axes = tuple(range(truth.ndim - 1))
+    low, high = truth.min(axis=axes), truth.max(axis=axes)
+    centre, half = (low + high) / 2, np.maximum(high - low, 1e-12) * margin
+    far = np.abs(np.nan_to_num(predicted, nan=np.inf) - centre) > half
+    return float(np.mean(far.any(axis=(-2, -1))))

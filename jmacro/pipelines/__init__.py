@@ -1,79 +1,44 @@
-"""One pipeline per experiment: a frozen config dataclass with named presets and ``run``.
+"""Experiments and the one runner.
 
-from jmacro.pipelines import run_experiment
-result = run_experiment("ising", "smoke", "runs/ising-smoke")
+    from jmacro.pipelines import get_experiment, run
+    cfg = get_experiment("ising", "smoke")          # a frozen, documented config
+    result = run(cfg, "runs/ising-smoke")           # metrics.json, report.md, plots
 
-Experiments: ``ising`` and ``curie-weiss`` (``jmacro.pipelines.spins``), ``predator-prey``
-(``jmacro.pipelines.predator_prey``).
+``EXPERIMENTS`` maps a name to its experiment class (``jmacro.pipelines.base``); a new
+experiment is one module with one class, added here.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from jmacro.pipelines.base import AbstractExperiment, RunResult, Scale, SDEVariant
+from jmacro.pipelines.curie_weiss import CurieWeiss
+from jmacro.pipelines.ising import Ising
+from jmacro.pipelines.predator_prey import PredatorPrey
+from jmacro.pipelines.runner import default_run_dir, run
 
-from jmacro.pipelines import predator_prey, spins
-from jmacro.pipelines.predator_prey import PredatorPreyPipelineConfig
-from jmacro.pipelines.spins import RunResult, SpinPipelineConfig
-from jmacro.pipelines.spins import run as run_spins
-
-PRESETS: dict[str, dict[str, SpinPipelineConfig | PredatorPreyPipelineConfig]] = {
-    **spins.PRESETS,
-    "predator-prey": predator_prey.PRESETS,
+EXPERIMENTS: dict[str, type[AbstractExperiment]] = {
+    cls.name: cls for cls in (Ising, CurieWeiss, PredatorPrey)
 }
-EXPERIMENTS = tuple(PRESETS)
 
 
-def get_config(
-    experiment: str, preset: str = "quick"
-) -> SpinPipelineConfig | PredatorPreyPipelineConfig:
-    """The preset config of an experiment; clear error on an unknown name."""
-    if experiment not in PRESETS:
-        raise ValueError(f"unknown experiment {experiment!r}; choose one of {EXPERIMENTS}.")
-    if preset not in PRESETS[experiment]:
-        raise ValueError(
-            f"unknown preset {preset!r} for {experiment}; choose one of "
-            f"{tuple(PRESETS[experiment])}."
-        )
-    return PRESETS[experiment][preset]
-
-
-def run(
-    cfg: SpinPipelineConfig | PredatorPreyPipelineConfig,
-    run_dir: str | Path,
-    *,
-    force: bool = False,
-    progress: bool = True,
-) -> RunResult:
-    """Run (or resume) the pipeline that ``cfg`` configures in ``run_dir``."""
-    if isinstance(cfg, PredatorPreyPipelineConfig):
-        return predator_prey.run(cfg, run_dir, force=force, progress=progress)
-    if isinstance(cfg, SpinPipelineConfig):
-        return run_spins(cfg, run_dir, force=force, progress=progress)
-    raise TypeError(f"not a pipeline config: {type(cfg).__name__}.")
-
-
-def run_experiment(
-    experiment: str,
-    preset: str = "quick",
-    run_dir: str | Path | None = None,
-    *,
-    force: bool = False,
-    progress: bool = True,
-) -> RunResult:
-    """Run an experiment preset in ``run_dir`` (default ``runs/<experiment>-<preset>``)."""
-    cfg = get_config(experiment, preset)
-    run_dir = run_dir or Path("runs") / f"{experiment}-{preset}"
-    return run(cfg, run_dir, force=force, progress=progress)
+def get_experiment(name: str, preset: str = "quick", **overrides) -> AbstractExperiment:
+    """The config of experiment ``name`` at ``preset``, with ``overrides`` (sub-configs may be
+    given as dicts of the fields that change); clear errors on unknown names."""
+    if name not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {name!r}; choose one of {tuple(EXPERIMENTS)}.")
+    return EXPERIMENTS[name].from_preset(preset, **overrides)
 
 
 __all__ = [
     "EXPERIMENTS",
-    "PRESETS",
-    "PredatorPreyPipelineConfig",
+    "AbstractExperiment",
+    "CurieWeiss",
+    "Ising",
+    "PredatorPrey",
     "RunResult",
-    "SpinPipelineConfig",
-    "get_config",
+    "SDEVariant",
+    "Scale",
+    "default_run_dir",
+    "get_experiment",
     "run",
-    "run_experiment",
-    "run_spins",
 ]

@@ -1,0 +1,19 @@
+"""Behaviour versions of the code that produces cached stages.
+
+Every cached stage's key holds the versions of the code it runs (``jmacro.pipelines.runner``
+maps stage kinds to these names), so a change of behaviour rebuilds what depends on it instead
+of silently reusing data built by the old code. Bump a version whenever the outputs of its code
+change for the same inputs and key (a bug fix, a new key scheme, another default);
+``tests/test_versions.py`` fails until you do: it fingerprints each part's outputs on fixed
+inputs and compares them with the fingerprint recorded for the current version.
+"""
+
+VERSIONS: dict[str, int] = {
+    "systems": 1,  # microscopic simulators (jmacro.systems)
+    "simulate": 1,  # trajectory / ensemble drivers
+    "scale": 1,  # partial evolution, LocalRelax, upsampling (jmacro.scale)
+    "models": 1,  # closure autoencoders and latent SDEs (jmacro.models)
+    "training": 1,  # pairs, losses, the fit loop (jmacro.training)
+    "rollout": 1,  # Euler-Maruyama rollouts (jmacro.rollout)
+    "metrics": 1,  # scores (jmacro.metrics)
+}

@@ -1,0 +1,241 @@
+"""What the spin experiments (Ising, Curie-Weiss) share: lattices of int8 spins, patch sizes as
+scales, exact continuous-time Glauber dynamics stepped by a fixed time.
+
+Choices (documented, configurable):
+- Ground truth, validation, small-system trajectories and partial evolution advance a fixed
+  time ``step_time`` (sweeps) with the exact continuous-time algorithms; the reference's "one
+  step = n flips" has a random dt, and with per-sample dt a fixed flip count biases the fitted
+  diffusion by n/(n-1). ``pair_events=True`` restores the reference's flip counts.
+- LocalRelax visits windows for a fixed time (``upsampling.relax_time``), see ``Upsampling``.
+- Errors are the relative squared error of the ensemble-mean latent trajectory (REFERENCE.md
+  3) in the normalised latents the SDE sees.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+
+from jmacro.metrics import relative_squared_error
+from jmacro.models import model_hyperparams
+from jmacro.pipelines.base import AbstractExperiment, Scale, param
+from jmacro.scale.partial import PartialEvolution, evolve_patches
+from jmacro.scale.upsample import HierarchicalUpsampling, LocalRelax, upsample_dataset
+from jmacro.sharding import map_in_batches
+
+# REFERENCE.md section 3, at L = 64: the reference implementation's test error per n_s.
+REFERENCE_TEST_ERROR = {
+    "curie-weiss": {
+        "ours": {4096: 4.05e-4, 1024: 7.85e-4, 256: 1.06e-3, 64: 4.38e-3},
+        "baseline": {4096: 4.08e-4, 1024: 1.01e-3, 256: 2.53e-3, 64: 1.26e-2},
+    },
+    "ising": {
+        "ours": {4096: 1.95e-3, 1024: 4.50e-4, 256: 7.98e-4, 64: 2.84e-2},
+        "baseline": {4096: 2.09e-3, 1024: 1.29e-3, 256: 3.20e-2, 64: 1.31e-1},
+    },
+}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AbstractSpinExperiment(AbstractExperiment):
+    """Spins on an L x L lattice, learned from patches of side l (n_s = l^2, K = (L/l)^2)."""
+
+    metric: ClassVar[str] = "test_error"
+    time_unit: ClassVar[str] = "time (sweeps)"
+    system_class: ClassVar[type]
+    relax_boundary: ClassVar[str]
+    known_observables: ClassVar[str]
+
+    temperature: float = param(2.5)
+    """Temperature T (units of J / k_B)."""
+    field: float = param(0.1)
+    """External field h."""
+    large_size: int = param(64)
+    """Side L of the large system."""
+    patch_sizes: tuple[int, ...] = param((8, 16, 32, 64), affects="none")
+    """Patch sides l, one scale each; n_s = l^2, K = (L / l)^2."""
+    step_time: float = param(1.0)
+    """Duration (sweeps) of one step of the small data, the pairs and the ground truth."""
+    pair_events: bool = param(False)
+    """Small-system steps and partial evolution by l^2 flips (reference) instead of a fixed
+    step_time."""
+    test_magnetisations: tuple[float, ...] = param(
+        (-0.75, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75), affects="truth"
+    )
+    """Mean magnetisations of the i.i.d. initial states of the test ensembles."""
+
+    def __post_init__(self):
+        if not self.step_time > 0:
+            raise ValueError(f"step_time must be > 0, got {self.step_time}.")
+        if not self.patch_sizes:
+            raise ValueError("patch_sizes is empty.")
+        if not all(-1 <= m <= 1 for m in self.test_magnetisations):
+            raise ValueError("test magnetisations must lie in [-1, 1].")
+        if self.autoencoder.closure_dim and self.autoencoder.epochs <= 0:
+            raise ValueError("autoencoder.epochs must be > 0 when closure_dim > 0.")
+        self.system()  # checks T > 0
+        for side in self.patch_sizes:  # sizes, windows and boundaries, before any compute
+            self._partial(side).check((self.large_size, self.large_size))
+            upsampling = self._upsampling(side)
+            upsampling.num_iterations(side)
+            if upsampling.relax is not None:
+                upsampling.relax.check(self.large_size)
+
+    # ---- pieces
+    def _partial(self, side: int) -> PartialEvolution:
+        duration = None if self.pair_events else self.step_time * self.pairs.num_steps
+        return PartialEvolution(side, self.pairs.boundary, duration=duration)
+
+    def _upsampling(self, side: int) -> HierarchicalUpsampling:
+        up, relax = self.upsampling, None
+        if up.relax and side < self.large_size:
+            window = min(up.window, self.large_size)
+            relax = LocalRelax(
+                window,
+                min(up.stride, window),
+                None,
+                self.relax_boundary,
+                up.schedule,
+                duration=up.relax_time,
+            )
+        return HierarchicalUpsampling(self.large_size, 2, relax, up.num_random)
+
+    # ---- hooks
+    def system(self):
+        return self.system_class(self.temperature, self.field)
+
+    @property
+    def step_duration(self) -> float:
+        return self.step_time
+
+    def scales(self) -> tuple[Scale, ...]:
+        return tuple(
+            Scale(f"ns{side**2}", side, (self.large_size // side) ** 2, side**2, side)
+            for side in self.patch_sizes
+        )
+
+    def small_data(self, system, scale, key, progress):
+        step_time = None if self.pair_events else self.step_time
+        return small_trajectories(
+            system,
+            key,
+            self.small.num_trajectories,
+            self.small.num_steps,
+            scale.small_size,
+            step_time=step_time,
+            progress=progress,
+        )
+
+    def upsample(self, system, scale, picked, key, progress):
+        upsampling = self._upsampling(scale.small_size)
+        return upsample_dataset(system, picked, key, upsampling, progress=progress)
+
+    def partial_pairs(self, system, scale, snapshots, key, progress):
+        return evolve_patches(
+            system, snapshots, key, self._partial(scale.small_size), progress=progress
+        )
+
+    def ground_truth(self, system, key, progress):
+        truth, side = self.truth, self.large_size
+        init = initial_states(
+            system, jr.fold_in(key, 0), self.test_magnetisations, truth.num_test_runs, side
+        )
+        test = simulate_runs(system, jr.fold_in(key, 1), init, truth.test_steps, self.step_time)
+        test = test.reshape(len(self.test_magnetisations), truth.num_test_runs, *test.shape[1:])
+        m0 = np.linspace(-0.9, 0.9, truth.num_val_runs)
+        val_init = initial_states(system, jr.fold_in(key, 2), m0, 1, side)
+        validation = simulate_runs(
+            system, jr.fold_in(key, 3), val_init, truth.val_steps, self.step_time
+        )
+        return {"test": test[:, :, :: truth.save_every], "validation": validation}
+
+    def conditions(self):
+        return [f"m0 = {m:g}" for m in self.test_magnetisations]
+
+    def autoencoder_hyperparams(self, scale):
+        return model_hyperparams(
+            "spin_autoencoder",
+            lattice_shape=[self.large_size] * 2,
+            patch_shape=[scale.small_size] * 2,
+            closure_dim=self.autoencoder.closure_dim,
+            known=self.known_observables,
+            base_channels=self.autoencoder.width,
+        )
+
+    def score(self, predicted, truth):
+        return relative_squared_error(predicted, truth)
+
+    def reference(self, scale, group):
+        if self.large_size != 64:
+            return None
+        return REFERENCE_TEST_ERROR[self.name].get(group, {}).get(int(scale.label))
+
+    def describe(self):
+        return (
+            f"Large system {self.large_size}x{self.large_size}, T = {self.temperature}, "
+            f"h = {self.field}, partial-evolution boundary `{self.pairs.boundary}`."
+        )
+
+
+# ------------------------------------------------------------------------------ drivers
+def small_trajectories(
+    system, key, num_trajectories, num_steps, size, *, step_time=None, batch_size=256, progress=True
+) -> dict[str, np.ndarray]:
+    """Small-system trajectories from m0 ~ U(-1, 1); a step is size^2 flip events, or the
+    fixed time ``step_time`` (sweeps). Trajectory ``i`` uses ``fold_in(key, i)``. Returns
+    ``snapshots (T, S+1, l, l) int8`` and ``times (T, S+1) float32`` (cumulative, from 0)."""
+
+    def one(index):
+        key_m, key_init, key_run = jr.split(jr.fold_in(key, index), 3)
+        m0 = jr.uniform(key_m, minval=-1.0, maxval=1.0)
+        spins = system.init_state(key_init, (size, size), m0)
+
+        def step(spins, k):
+            if step_time is None:
+                spins, dt = system.advance_events(spins, k)
+            else:
+                spins, dt = system.advance_time(spins, k, step_time), jnp.float32(step_time)
+            return spins, (spins, dt)
+
+        _, (path, dts) = jax.lax.scan(step, spins, jr.split(key_run, num_steps))
+        return jnp.concatenate([spins[None], path]), jnp.concatenate(
+            [jnp.zeros(1), jnp.cumsum(dts)]
+        )
+
+    snapshots, times = map_in_batches(
+        one,
+        num_trajectories,
+        batch_size=batch_size,
+        desc="small trajectories",
+        unit="traj",
+        progress=progress,
+    )
+    return {"snapshots": snapshots, "times": times}
+
+
+def simulate_runs(system, key, initial, num_steps, step_time, *, batch_size=64) -> np.ndarray:
+    """Trajectories from the host states ``initial (R, L, L)`` on the time grid 0, step_time,
+    ..., num_steps * step_time: ``(R, S+1, L, L) int8``; run ``r`` uses ``fold_in(key, r)``."""
+
+    def one(spins, index):
+        def step(s, k):
+            s = system.advance_time(s, k, step_time)
+            return s, s
+
+        _, path = jax.lax.scan(step, spins, jr.split(jr.fold_in(key, index), num_steps))
+        return jnp.concatenate([spins[None], path])
+
+    return map_in_batches(one, len(initial), initial, batch_size=batch_size, dtype=jnp.int8)
+
+
+def initial_states(system, key, magnetisations, num_runs, side) -> np.ndarray:
+    """``num_runs`` i.i.d. spin lattices ``(side, side)`` per mean magnetisation, in order:
+    ``(len(magnetisations) * num_runs, side, side) int8``."""
+    m0 = np.repeat(np.asarray(magnetisations, np.float32), num_runs)
+    keys = jr.split(key, len(m0))
+    return np.asarray(jax.vmap(lambda k, m: system.init_state(k, (side, side), m))(keys, m0))

@@ -1,0 +1,40 @@
+"""Curie-Weiss: mean-field Glauber dynamics at T = 1.1, h = 0.1 (REFERENCE.md 2.1).
+
+The magnetisation is closed (no learned closure), the diffusion a learned constant; patches feel
+the whole system's magnetisation (mean-field partial evolution and LocalRelax).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+from jmacro.pipelines._spins import AbstractSpinExperiment
+from jmacro.pipelines.base import AutoencoderTraining, Pairs, SDETraining, param
+from jmacro.pipelines.ising import QUICK, REFERENCE_CPU, SMOKE
+from jmacro.systems import CurieWeiss as CurieWeissSystem
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CurieWeiss(AbstractSpinExperiment):
+    """Curie-Weiss model, continuous-time heat-bath Glauber dynamics (``CurieWeiss``)."""
+
+    name: ClassVar[str] = "curie-weiss"
+    system_class: ClassVar[type] = CurieWeissSystem
+    relax_boundary: ClassVar[str] = "mean_field"
+    known_observables: ClassVar[str] = "magnetisation"
+    latent_names: ClassVar[tuple[str, ...]] = ("magnetisation",)
+    presets: ClassVar[dict] = {
+        "smoke": SMOKE,
+        "quick": dict(QUICK, upsampling=dict(QUICK["upsampling"], num_random=2000)),
+        "reference-cpu": REFERENCE_CPU,
+        "paper": dict(upsampling=dict(num_large=100_000), truth=dict(test_steps=500)),
+    }
+
+    temperature: float = param(1.1)
+    """Temperature T (T_c = 1)."""
+    test_magnetisations: tuple[float, ...] = param((-0.5, -0.25, 0.0, 0.25, 0.5), affects="truth")
+    """Mean magnetisations of the i.i.d. initial states of the test ensembles."""
+    pairs: Pairs = Pairs(boundary="mean_field")
+    autoencoder: AutoencoderTraining = AutoencoderTraining(closure_dim=0)
+    sde: SDETraining = SDETraining(diffusion="constant_diagonal", learning_rate=1e-2)
