@@ -10,8 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jmacro.cache import StageCache, StaleStageError, config_fingerprint
-from jmacro.scale import DatasetWriter, load_dataset
+from jmacro.io.cache import (
+    StageCache,
+    StaleStageError,
+    canonical_config,
+    config_fingerprint,
+    describe_difference,
+)
+from jmacro.io.storage import DatasetWriter, load_dataset
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,7 +122,7 @@ def test_changed_config_rebuilds_and_logs_what_changed(tmp_path, caplog):
     cache.get_or_build("data", DataConfig(), CountingBuild(DataConfig()))
     new_config = DataConfig(temperature=3.0)
     build = CountingBuild(new_config)
-    with caplog.at_level(logging.INFO, logger="jmacro.cache"):
+    with caplog.at_level(logging.INFO, logger="jmacro.io.cache"):
         result = cache.get_or_build("data", new_config, build)
     assert result.built and build.calls == 1
     assert "temperature: 2.5 -> 3.0" in result.reason
@@ -203,7 +209,7 @@ def test_corrupt_stage_is_rebuilt_with_a_warning(tmp_path, caplog):
     file = tmp_path / "data" / "x.npy"
     file.write_bytes(file.read_bytes()[:-8])
     build = CountingBuild(DataConfig())
-    with caplog.at_level(logging.WARNING, logger="jmacro.cache"):
+    with caplog.at_level(logging.WARNING, logger="jmacro.io.cache"):
         result = cache.get_or_build("data", DataConfig(), build)
     assert result.built and build.calls == 1 and result.reason.startswith("invalid:")
     assert "x.npy is truncated" in caplog.text
@@ -261,3 +267,11 @@ def test_directory_stage_with_unreadable_stage_file_is_rebuilt(tmp_path):
 def test_bad_stage_names_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"stage name '\.\./escape' is not allowed"):
         StageCache(tmp_path).get_or_build("../escape", {}, CountingBuild(DataConfig()))
+
+
+def test_describe_difference_names_the_changed_entries():
+    old = canonical_config(RunConfig())
+    new = canonical_config(dataclasses.replace(RunConfig(), learning_rate=1e-2))
+    assert describe_difference(old, new) == "learning_rate: 0.001 -> 0.01"
+    assert describe_difference(old, {**old, "extra": 1}) == "extra added (1)"
+    assert describe_difference(old, old) == "fingerprint differs"

@@ -12,12 +12,12 @@ import jax.random as jr
 import numpy as np
 import pytest
 
-from jmacro.scale import (
+from jmacro.io.atomic import atomic_directory
+from jmacro.io.storage import (
     DatasetError,
     DatasetExistsError,
     DatasetNotFoundError,
     DatasetWriter,
-    atomic_directory,
     load_dataset,
     save_dataset,
 )
@@ -174,18 +174,18 @@ def test_failed_overwrite_keeps_the_old_dataset(tmp_path):
 
 
 def test_crash_while_moving_the_new_version_in_keeps_the_old_one(tmp_path, monkeypatch):
-    import jmacro.scale.storage as storage
+    import jmacro.io.atomic as atomic
 
     path = tmp_path / "data"
     save_dataset(path, {"x": np.arange(3)}, {"version": 1})
-    real_replace = storage.os.replace
+    real_replace = atomic.os.replace
 
     def failing_replace(src, dst):
         if ".tmp-" in Path(src).name:  # the rename of the finished build onto `path`
             raise OSError("simulated crash during rename")
         real_replace(src, dst)
 
-    monkeypatch.setattr(storage.os, "replace", failing_replace)
+    monkeypatch.setattr(atomic.os, "replace", failing_replace)
     with pytest.raises(OSError, match="simulated crash"):
         save_dataset(path, {"x": np.arange(4)}, {"version": 2}, overwrite=True)
     monkeypatch.undo()
@@ -356,3 +356,34 @@ def test_bad_inputs_are_refused_before_writing(tmp_path, arrays, meta, error, me
     with pytest.raises(error, match=message):
         save_dataset(path, arrays, meta)
     assert not path.exists() and _siblings(path) == []
+
+
+# -------------------------------------------------------------------------------- allocate
+def test_allocated_memmap_is_filled_in_place_and_matches_save_dataset(tmp_path):
+    spins = _arrays()["spins"]
+    with DatasetWriter(tmp_path / "allocated", {"seed": 0}) as writer:
+        out = writer.allocate("spins", spins.shape, np.int8)
+        assert isinstance(out, np.memmap) and out.shape == spins.shape
+        for start in range(0, len(spins), 2):  # filled batch by batch
+            out[start : start + 2] = spins[start : start + 2]
+        with pytest.raises(ValueError, match="already written"):
+            writer.add("spins", spins)
+    reference = save_dataset(tmp_path / "whole", {"spins": spins})
+    path = tmp_path / "allocated"
+    assert (path / "spins.npy").read_bytes() == (reference / "spins.npy").read_bytes()
+    assert load_dataset(path, verify="full").fingerprint() == load_dataset(reference).fingerprint()
+
+
+def test_appended_batches_of_unknown_length_leave_no_part_files(tmp_path):
+    with DatasetWriter(tmp_path / "data") as writer:
+        for i in range(3):
+            writer.append("x", np.full((2, 3), i, np.float32))
+        writer.append("empty", np.zeros((0, 4), np.int8))
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [
+        "empty.npy",
+        "meta.json",
+        "x.npy",
+    ]
+    data = load_dataset(tmp_path / "data", verify="full")
+    np.testing.assert_array_equal(data["x"][:, 0], [0, 0, 1, 1, 2, 2])
+    assert data["empty"].shape == (0, 4)

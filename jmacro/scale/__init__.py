@@ -1,7 +1,8 @@
-"""Scaling up: partial evolution, hierarchical upsampling and dataset storage.
+"""Scaling up: partial evolution and hierarchical upsampling.
 
-The dataset builder lives in ``jmacro.scale.builder`` (not re-exported here: it imports
-``jmacro.cache``, which itself imports this package's storage).
+Datasets on disk and the stage cache live in the infrastructure layer ``jmacro.io``. The
+dataset builder lives in ``jmacro.scale.builder`` (not re-exported here: it drives the stage
+cache, ``jmacro.io.cache``).
 """
 
 from jmacro.scale.fields import (
@@ -15,17 +16,6 @@ from jmacro.scale.fields import (
     upsample_fields,
 )
 from jmacro.scale.partial import PartialEvolution, apply_patch, evolve_patch, evolve_patches
-from jmacro.scale.storage import (
-    Dataset,
-    DatasetError,
-    DatasetExistsError,
-    DatasetNotFoundError,
-    DatasetWriter,
-    atomic_directory,
-    load_dataset,
-    save_dataset,
-    to_jsonable,
-)
 from jmacro.scale.upsample import (
     HierarchicalUpsampling,
     LocalRelax,
@@ -36,18 +26,12 @@ from jmacro.scale.upsample import (
 )
 
 __all__ = [
-    "Dataset",
-    "DatasetError",
-    "DatasetExistsError",
-    "DatasetNotFoundError",
-    "DatasetWriter",
     "FieldLocalRelax",
     "HierarchicalUpsampling",
     "LocalRelax",
     "PartialEvolution",
     "apply_field_patch",
     "apply_patch",
-    "atomic_directory",
     "evolve_field_patch",
     "evolve_patch",
     "evolve_patches",
@@ -55,10 +39,7 @@ __all__ = [
     "field_partial_pairs",
     "field_patch_with_ghosts",
     "hierarchical_upsample",
-    "load_dataset",
     "local_relax",
-    "save_dataset",
-    "to_jsonable",
     "upsample_dataset",
     "upsample_field",
     "upsample_fields",

@@ -27,7 +27,7 @@ import jax.random as jr
 import numpy as np
 
 from jmacro._checks import check_positive_int
-from jmacro.cache import StageCache, StageResult
+from jmacro.io.cache import StageCache, StageResult
 from jmacro.scale.partial import PartialEvolution, evolve_patches
 from jmacro.scale.upsample import HierarchicalUpsampling, LocalRelax, upsample_dataset
 

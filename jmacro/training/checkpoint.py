@@ -8,9 +8,9 @@ A checkpoint directory holds
   (``jmacro.models.build_model``) and the training configuration;
 - ``history.json``: one record per completed epoch.
 
-Every file is written to a temporary file in the same directory, flushed, fsynced and renamed
-over the old one (``os.replace`` is atomic on POSIX), so a run killed at any moment leaves
-the previous complete checkpoint. ``state.eqx`` is the source of truth for the epoch count;
+Every file is written atomically (``jmacro.io.atomic``: a temporary file in the same directory,
+fsynced, renamed over the old one), so a run killed at any moment leaves the previous complete
+checkpoint. ``state.eqx`` is the source of truth for the epoch count;
 ``history.json`` is written before it and truncated to it on load.
 
 ``save_model``/``load_model`` store a final model the same way (``model.eqx`` +
@@ -22,12 +22,12 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import tempfile
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import equinox as eqx
 
+from jmacro.io.atomic import atomic_file, atomic_write_json
 from jmacro.models.registry import build_model
 
 STATE_FILE = "state.eqx"
@@ -56,27 +56,9 @@ class TrainingState(NamedTuple):
     epochs_since_improvement: int
 
 
-def atomic_write_bytes(path: str | os.PathLike, write) -> None:
-    """Call ``write(file)`` on a temporary file next to ``path``, then rename it to ``path``."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def write_json(path: str | os.PathLike, data: Any) -> None:
-    """Atomically write ``data`` as indented JSON."""
-    text = json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n"
-    atomic_write_bytes(path, lambda f: f.write(text.encode()))
+    """Atomically write ``data`` as indented JSON (tuples, sets and NumPy scalars allowed)."""
+    atomic_write_json(path, data, default=_json_default)
 
 
 def as_json(data: Any) -> Any:
@@ -102,7 +84,8 @@ def save_checkpoint(
     directory = pathlib.Path(directory)
     if history is not None:
         write_json(directory / HISTORY_FILE, list(history))
-    atomic_write_bytes(directory / STATE_FILE, lambda f: eqx.tree_serialise_leaves(f, state))
+    with atomic_file(directory / STATE_FILE) as f:
+        eqx.tree_serialise_leaves(f, state)
 
 
 def load_checkpoint(directory: str | os.PathLike, like: TrainingState) -> TrainingState:
@@ -128,7 +111,8 @@ def save_model(
     """
     directory = pathlib.Path(directory)
     write_json(directory / HYPERPARAMS_FILE, {"model": dict(hyperparams)})
-    atomic_write_bytes(directory / MODEL_FILE, lambda f: eqx.tree_serialise_leaves(f, model))
+    with atomic_file(directory / MODEL_FILE) as f:
+        eqx.tree_serialise_leaves(f, model)
 
 
 def load_model(directory: str | os.PathLike, like: eqx.Module | None = None) -> eqx.Module:

@@ -18,8 +18,9 @@ affects the output, including upstream stages, most simply via their fingerprint
 
 Two kinds of stage:
 
-- ``get_or_build``: the product is a dataset (``jmacro.scale.storage``); ``build_fn(writer)``
-  fills a ``DatasetWriter``; the fingerprint sits in ``meta.json["stage"]``.
+- ``get_or_build``: the product is a dataset (``jmacro.io.storage``); ``build_fn(writer)``
+  fills a ``DatasetWriter`` (``add``, ``allocate``, ``append``); the fingerprint sits in
+  ``meta.json["stage"]``.
 - ``get_or_build_dir``: the product is any directory (e.g. a model checkpoint);
   ``build_fn(tmp_dir)`` writes files into a temporary directory that is renamed into place
   atomically, with ``stage.json`` holding the fingerprint.
@@ -39,15 +40,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from jmacro.scale.storage import (
+from jmacro.io.atomic import atomic_directory
+from jmacro.io.jsonable import to_jsonable
+from jmacro.io.storage import (
     META_FILE,
     Dataset,
     DatasetError,
     DatasetNotFoundError,
     DatasetWriter,
-    atomic_directory,
     load_dataset,
-    to_jsonable,
 )
 
 logger = logging.getLogger(__name__)
@@ -103,7 +104,9 @@ def _config_diff(old: Any, new: Any, where: str = "") -> list[str]:
     return []
 
 
-def _describe_diff(old: Any, new: Any) -> str:
+def describe_difference(old: Any, new: Any) -> str:
+    """Which entries differ between two canonical configs (``canonical_config`` trees), e.g.
+    ``"data.size: 8 -> 4; learning_rate added (0.001)"``, at most five then a count."""
     diffs = _config_diff(old, new)
     if not diffs:
         return "fingerprint differs"
@@ -188,7 +191,7 @@ class StageCache:
             name: stage name; the dataset lives in ``run_dir/<name>``.
             key_config: everything the output depends on (dataclass, dict, JSON-able tree).
             build_fn: ``build_fn(writer) -> None``; writes the stage's arrays with
-                ``writer.add(name, array)`` / ``writer.append(name, batch)`` and may add meta
+                ``writer.add``, ``writer.allocate`` or ``writer.append`` and may add meta
                 via ``writer.meta[...]`` (key ``"stage"`` is the cache's). Only called when
                 the stage must be (re)built. If it raises, nothing is stored.
             force: rebuild even if a matching stage exists.
@@ -313,7 +316,7 @@ class StageCache:
         if stored["fingerprint"] == fingerprint:
             logger.info("stage %r: loaded from cache (%s)", name, fingerprint[:12])
             return "cached"
-        reason = "config changed: " + _describe_diff(stored.get("config"), config)
+        reason = "config changed: " + describe_difference(stored.get("config"), config)
         if self.on_mismatch == "error":
             raise StaleStageError(
                 f"stage {name!r} in {self.path(name)} was built from another config "
