@@ -1,102 +1,197 @@
-"""End-to-end pipelines at smoke size: outputs, caching, resuming, bad input."""
+"""The experiment runner at smoke size, for every registered experiment: outputs, caching,
+resuming, run-directory ownership, code versions, bad input."""
 
+import ast
 import dataclasses
+import inspect
 import json
+import textwrap
 
 import numpy as np
 import pytest
 
+from jmacro import _versions
 from jmacro.cli import main
-from jmacro.pipelines import PRESETS, get_config, run, run_spins
+from jmacro.pipelines import EXPERIMENTS, default_run_dir, get_experiment, run
 
-STAGES = [
-    "truth",
-    "small",
-    "large",
-    "pairs",
-    "ns64_autoencoder",
-    "ns64_sde_ours",
-    "ns64_sde_baseline",
-    "ns64_evaluation",
-]
+NAMES = sorted(EXPERIMENTS)
 
 
-@pytest.fixture(scope="module")
-def ising_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("ising-smoke")
-    return run_spins(get_config("ising", "smoke"), run_dir, progress=False)
+def expected_stages(cfg) -> list[str]:
+    names = ["truth"]
+    for scale in cfg.scales():
+        names += [f"{scale.name}_{stage}" for stage in ("small", "large", "pairs", "autoencoder")]
+        names += [f"{scale.name}_sde_{v.name}" for v in cfg.sde_variants(scale)]
+        names.append(f"{scale.name}_evaluation")
+    return names
 
 
-def test_smoke_run_writes_every_output(ising_run):
-    run_dir = ising_run.run_dir
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["experiment"] == "ising" and metrics["preset"] == "smoke"
+@pytest.fixture(scope="module", params=NAMES)
+def smoke_run(request, tmp_path_factory):
+    root = tmp_path_factory.mktemp(request.param)
+    cfg = get_experiment(request.param, "smoke")
+    return cfg, run(cfg, root / "run", progress=False)
+
+
+def test_smoke_run_writes_every_output(smoke_run):
+    cfg, result = smoke_run
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    assert metrics["experiment"] == cfg.name and metrics["preset"] == "smoke"
     assert metrics["wall_time_s"] > 0
-    for method in ("ours", "baseline"):
-        assert set(metrics["test_error"][method]) == {"64"}
-        assert np.isfinite(metrics["test_error"][method]["64"])
-        assert metrics["test_error"][method]["64"] > 0
-    assert [s.name for s in ising_run.stages] == STAGES
-    assert all(s.built for s in ising_run.stages)
-    for name in ("report.md", "error_vs_patch_size.png", "trajectories_ns64.png"):
-        assert (run_dir / name).stat().st_size > 0
-    assert "| 64 | 4 |" in (run_dir / "report.md").read_text()
+    assert [s.name for s in result.stages] == expected_stages(cfg)
+    assert all(s.built for s in result.stages)
+    for scale in cfg.scales():
+        groups = {v.group for v in cfg.sde_variants(scale)}
+        assert set(metrics["summary"][scale.name]) == groups
+        for entry in metrics["summary"][scale.name].values():
+            assert np.isfinite(entry["mean"]) and entry["mean"] >= 0
+        for variant in metrics["results"][scale.name].values():
+            assert 0.0 <= variant["diverged_fraction"] <= 1.0
+            assert set(variant["per_condition"]) == set(cfg.conditions())
+        assert (result.run_dir / f"trajectories_{scale.name}.png").stat().st_size > 0
+    assert f"| {cfg.scales()[0].name} |" in (result.run_dir / "report.md").read_text()
 
 
-def test_resuming_a_finished_run_recomputes_nothing(ising_run):
-    again = run_spins(get_config("ising", "smoke"), ising_run.run_dir, progress=False)
+def test_resuming_a_finished_run_recomputes_nothing(smoke_run):
+    cfg, result = smoke_run
+    again = run(cfg, result.run_dir, progress=False)
     assert not any(stage.built for stage in again.stages)
-    assert again.metrics["test_error"] == ising_run.metrics["test_error"]
+    assert again.metrics["summary"] == result.metrics["summary"]
 
 
-def test_changing_a_parameter_recomputes_only_what_depends_on_it(ising_run):
-    cfg = dataclasses.replace(get_config("ising", "smoke"), sde_epochs=3)
-    changed = run_spins(cfg, ising_run.run_dir, progress=False)
-    built = [s.name for s in changed.stages if s.built]
-    assert built == ["ns64_sde_ours", "ns64_sde_baseline", "ns64_evaluation"]
+def test_one_changed_parameter_recomputes_only_what_depends_on_it(smoke_run):
+    cfg, result = smoke_run
+    changed = dataclasses.replace(cfg, sde=dataclasses.replace(cfg.sde, epochs=3))
+    other = run(changed, result.run_dir.parent / "changed", progress=False)
+    built = [s.name for s in other.stages if s.built]
+    scale = cfg.scales()[0]
+    sdes = [f"{scale.name}_sde_{v.name}" for v in cfg.sde_variants(scale)]
+    assert built == [*sdes, f"{scale.name}_evaluation"]
 
 
-def test_incompatible_run_directory_is_refused_and_left_alone(ising_run):
-    before = (ising_run.run_dir / "metrics.json").read_bytes()
+def test_another_config_is_refused_and_the_run_left_untouched(smoke_run):
+    cfg, result = smoke_run
+    before = (result.run_dir / "metrics.json").read_bytes()
+    changed = dataclasses.replace(cfg, seed=1)
     with pytest.raises(ValueError, match="another --out"):
-        run_spins(get_config("curie-weiss", "smoke"), ising_run.run_dir, progress=False)
-    assert (ising_run.run_dir / "metrics.json").read_bytes() == before
+        run(changed, result.run_dir, progress=False)
+    assert (result.run_dir / "metrics.json").read_bytes() == before
 
 
-def test_curie_weiss_smoke_runs_end_to_end(tmp_path):
-    result = run_spins(get_config("curie-weiss", "smoke"), tmp_path / "cw", progress=False)
-    errors = result.metrics["test_error"]
-    assert np.isfinite(errors["ours"]["64"]) and np.isfinite(errors["baseline"]["64"])
-    # No learned closure for Curie-Weiss: the latent is the magnetisation alone.
-    truth = np.load(tmp_path / "cw" / "ns64_evaluation" / "truth.npy")
-    assert truth.shape[-1] == 1
+def test_a_new_code_version_rebuilds_exactly_the_dependent_stages(smoke_run, monkeypatch):
+    cfg, result = smoke_run
+    monkeypatch.setitem(_versions.VERSIONS, "rollout", _versions.VERSIONS["rollout"] + 1)
+    again = run(cfg, result.run_dir, progress=False)
+    assert [s.name for s in again.stages if s.built] == [
+        f"{scale.name}_evaluation" for scale in cfg.scales()
+    ]
 
 
-def test_every_preset_is_valid_and_quick_is_the_default():
-    for experiment, presets in PRESETS.items():
-        assert {"smoke", "quick", "paper"} <= set(presets)
-        for name, cfg in presets.items():
-            assert cfg.experiment == experiment and cfg.preset == name
-    assert get_config("ising") is PRESETS["ising"]["quick"]
-    assert set(PRESETS) == {"ising", "curie-weiss", "predator-prey"}
+def test_curie_weiss_has_no_learned_closure(smoke_run):
+    cfg, result = smoke_run
+    if cfg.name != "curie-weiss":
+        pytest.skip("Curie-Weiss only")
+    truth = np.load(result.stages[-1].path / "truth.npy")
+    assert truth.shape[-1] == 1  # the latent is the magnetisation alone
+
+
+def test_predator_prey_mmd_is_resolved_in_time(smoke_run):
+    cfg, result = smoke_run
+    if cfg.name != "predator-prey":
+        pytest.skip("predator-prey only")
+    evaluation = result.stages[-1].path
+    # 2 test conditions; 20 steps saved every 10 -> 3 output times.
+    mmd = np.load(evaluation / "score_lam5_seed0.npy")
+    assert mmd.shape == (2, 3)
+    assert mmd[:, 0] == pytest.approx(0.0, abs=1e-6)  # both ensembles start at the same states
+    assert np.load(evaluation / "truth.npy").shape == (2, 4, 3, 4)  # (conditions, runs, t, d)
+    more = dataclasses.replace(cfg, lambdas=(1.0, 5.0, 10.0))
+    extended = run(more, result.run_dir.parent / "more-lambdas", progress=False)
+    assert [s.name for s in extended.stages if s.built] == ["K5_sde_lam10_seed0", "K5_evaluation"]
+    old, new = result.metrics["summary"]["K5"], extended.metrics["summary"]["K5"]
+    assert {g: new[g]["mean"] for g in old} == {g: old[g]["mean"] for g in old}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_preset_is_valid_and_quick_is_the_default(name):
+    cls = EXPERIMENTS[name]
+    assert {"smoke", "quick", "paper"} <= set(cls.presets)
+    for preset in cls.presets:
+        cfg = get_experiment(name, preset)
+        assert cfg.name == name and cfg.preset == preset
+        assert default_run_dir(cfg).name == f"{name}-{preset}"
+    assert get_experiment(name) == get_experiment(name, "quick")
+
+
+def test_an_overridden_config_gets_its_own_default_directory():
+    quick = get_experiment("ising")
+    hotter = get_experiment("ising", temperature=3.0)
+    assert default_run_dir(hotter) != default_run_dir(quick)
+    assert default_run_dir(hotter).name.startswith("ising-quick-")
+    assert default_run_dir(get_experiment("ising", temperature=3.0)) == default_run_dir(hotter)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_field_is_documented_in_the_cli_help(name, capsys):
+    with pytest.raises(SystemExit) as excinfo:
+        main(["run", name, "--preset", "smoke", "--help"])
+    assert excinfo.value.code == 0
+    out = capsys.readouterr().out
+    for sub in ("small", "upsampling", "pairs", "autoencoder", "sde", "truth", "evaluation"):
+        assert f"--{sub}." in out
+    cls = EXPERIMENTS[name]
+    for field in dataclasses.fields(cls):
+        assert f"--{field.name.replace('_', '-')}" in out
+
+
+def _field_docstrings(cls) -> set[str]:
+    """Fields of ``cls`` (and its bases) followed by a docstring, as tyro reads them."""
+    documented = set()
+    for klass in cls.__mro__:
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):
+            continue
+        body = tree.body[0].body
+        for node, after in zip(body, body[1:], strict=False):
+            is_doc = isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+            if isinstance(node, ast.AnnAssign) and is_doc:
+                documented.add(node.target.id)
+    return documented
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_config_field_has_a_docstring(name):
+    cls = EXPERIMENTS[name]
+    cfg = get_experiment(name, "smoke")
+    documented = _field_docstrings(cls)
+    sub_configs = ("small", "upsampling", "pairs", "autoencoder", "sde", "truth", "evaluation")
+    for field in dataclasses.fields(cls):
+        if field.name in sub_configs:
+            sub = type(getattr(cfg, field.name))
+            missing = {f.name for f in dataclasses.fields(sub)} - _field_docstrings(sub)
+            assert not missing, f"{sub.__name__} fields without a docstring: {missing}"
+        else:
+            assert field.name in documented, f"{cls.__name__}.{field.name} has no docstring"
 
 
 def test_bad_sizes_are_rejected_before_any_work():
     with pytest.raises(ValueError, match=r"does not tile|power"):
-        dataclasses.replace(get_config("ising", "smoke"), patch_sizes=(6,))
+        get_experiment("ising", "smoke", patch_sizes=(6,))
     with pytest.raises(ValueError, match="experiment"):
-        get_config("potts")
+        get_experiment("potts")
     with pytest.raises(ValueError, match="preset"):
-        get_config("ising", "huge")
-    smoke = get_config("predator-prey", "smoke")
+        get_experiment("ising", "huge")
     with pytest.raises(ValueError, match="does not divide"):
-        dataclasses.replace(smoke, num_patches=3)
+        get_experiment("predator-prey", "smoke", num_patches=3)
     with pytest.raises(ValueError, match="dt"):
-        dataclasses.replace(smoke, dt=-0.01)
+        get_experiment("predator-prey", "smoke", dt=-0.01)
     with pytest.raises(ValueError, match="sigma"):
-        dataclasses.replace(smoke, sigma=-1.0)
+        get_experiment("predator-prey", "smoke", sigma=-1.0)
     with pytest.raises(ValueError, match="stability"):
-        dataclasses.replace(smoke, scaling="physical")  # dt = 0.01 >> dx^2 / 2
+        get_experiment("predator-prey", "smoke", scaling="physical")  # dt = 0.01 >> dx^2 / 2
+    with pytest.raises(ValueError, match="save_every"):
+        get_experiment("predator-prey", "smoke", truth=dict(save_every=7))
 
 
 @pytest.mark.parametrize(
@@ -116,64 +211,19 @@ def test_cli_run_bad_input_exits_2(argv, capsys):
     assert capsys.readouterr().err or argv == ["run"]
 
 
+def test_cli_out_pointing_at_a_file_exits_2(tmp_path, capsys):
+    target = tmp_path / "a-file"
+    target.write_text("not a run")
+    with pytest.raises(SystemExit) as excinfo:
+        main(["run", "ising", "--preset", "smoke", "--out", str(target), "--quiet"])
+    assert excinfo.value.code == 2
+    assert "is a file" in capsys.readouterr().err
+    assert target.read_text() == "not a run"
+
+
 def test_cli_run_help_lists_experiments_and_presets(capsys):
     with pytest.raises(SystemExit) as excinfo:
         main(["run", "--help"])
     assert excinfo.value.code == 0
     out = capsys.readouterr().out
-    assert "ising" in out and "curie-weiss" in out and "quick" in out and "paper" in out
-
-
-PREDATOR_PREY_STAGES = [
-    "small",
-    "large",
-    "pairs",
-    "truth",
-    "autoencoder",
-    "sde_lam1_seed0",
-    "sde_lam5_seed0",
-    "evaluation",
-]
-
-
-@pytest.fixture(scope="module")
-def predator_prey_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("predator-prey-smoke")
-    return run(get_config("predator-prey", "smoke"), run_dir, progress=False)
-
-
-def test_predator_prey_smoke_writes_every_output(predator_prey_run):
-    run_dir = predator_prey_run.run_dir
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["experiment"] == "predator-prey" and metrics["preset"] == "smoke"
-    assert metrics["wall_time_s"] > 0
-    assert set(metrics["mmd_mean"]) == {"1", "5"}
-    assert all(np.isfinite(v) and v >= 0 for v in metrics["mmd_mean"].values())
-    assert metrics["best_lambda"] in metrics["mmd_mean"]
-    for lam in ("1", "5"):
-        assert 0.0 <= metrics["diverged_fraction"][lam]["0"] <= 1.0
-    assert [s.name for s in predator_prey_run.stages] == PREDATOR_PREY_STAGES
-    for name in ("report.md", "mmd_vs_lambda.png", "mmd_over_time.png", "trajectories.png"):
-        assert (run_dir / name).stat().st_size > 0
-    # MMD at every output time of every test condition: 2 conditions, 20 steps / 10 + 1 times.
-    mmd = np.load(run_dir / "evaluation" / "mmd_lam5_seed0.npy")
-    assert mmd.shape == (2, 3)
-    assert mmd[:, 0] == pytest.approx(0.0, abs=1e-6)  # both ensembles start at the same states
-    truth = np.load(run_dir / "evaluation" / "truth.npy")
-    assert truth.shape == (2, 4, 3, 4)  # (conditions, runs, times, d = 4)
-
-
-def test_predator_prey_resume_and_one_new_lambda(predator_prey_run):
-    smoke = get_config("predator-prey", "smoke")
-    again = run(smoke, predator_prey_run.run_dir, progress=False)
-    assert not any(stage.built for stage in again.stages)
-    assert again.metrics["mmd_mean"] == predator_prey_run.metrics["mmd_mean"]
-    more = run(
-        dataclasses.replace(smoke, lambdas=(1.0, 5.0, 10.0)),
-        predator_prey_run.run_dir,
-        progress=False,
-    )
-    assert [s.name for s in more.stages if s.built] == ["sde_lam10_seed0", "evaluation"]
-    assert {k: more.metrics["mmd_mean"][k] for k in ("1", "5")} == pytest.approx(
-        predator_prey_run.metrics["mmd_mean"]
-    )
+    assert all(name in out for name in NAMES) and "quick" in out and "paper" in out

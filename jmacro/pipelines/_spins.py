@@ -115,7 +115,7 @@ class AbstractSpinExperiment(AbstractExperiment):
 
     def scales(self) -> tuple[Scale, ...]:
         return tuple(
-            Scale(f"ns{side**2}", side, (self.large_size // side) ** 2, side**2, side)
+            Scale(f"ns{side**2}", side, (self.large_size // side) ** 2, float(side**2), side)
             for side in self.patch_sizes
         )
 

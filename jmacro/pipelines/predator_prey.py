@@ -138,7 +138,13 @@ class PredatorPrey(AbstractExperiment):
 
     def scales(self):
         return (
-            Scale(f"K{self.num_patches}", self.small_cells, self.num_patches, self.num_patches, 0),
+            Scale(
+                f"K{self.num_patches}",
+                self.small_cells,
+                self.num_patches,
+                float(self.num_patches),
+                0,
+            ),
         )
 
     def _family(self, num, key, num_cells):

@@ -35,7 +35,12 @@ import numpy as np
 
 from jmacro._versions import VERSIONS
 from jmacro.io.atomic import atomic_write_json
-from jmacro.io.cache import StageCache, canonical_config, config_fingerprint
+from jmacro.io.cache import (
+    StageCache,
+    canonical_config,
+    config_fingerprint,
+    describe_difference,
+)
 from jmacro.metrics import diverged_fraction
 from jmacro.models import build_model, model_hyperparams
 from jmacro.pipelines.base import AbstractExperiment, RunResult, Scale, SDEVariant
@@ -130,8 +135,6 @@ def claim_run_dir(run_dir: Path, experiment: AbstractExperiment) -> None:
     if marker.is_file():
         stored = json.loads(marker.read_text())
         if stored != identity:
-            from jmacro.io.cache import describe_difference
-
             raise ValueError(
                 f"{run_dir} holds a run of another config "
                 f"({describe_difference(stored, identity)}); choose another --out directory "
