@@ -49,7 +49,7 @@ def linear_sde(drift_matrix, diffusion) -> LatentSDE:
 def reference_loss(sde, batch, covariance_scale, jitter):
     """Independent computation: scipy's Gaussian log-density of z1 given z0."""
     total = 0.0
-    for z0, z1, dt in zip(*batch, strict=True):
+    for z0, z1, dt in zip(batch.z0, batch.z1, batch.dt, strict=True):
         mu = np.asarray(sde.drift(jnp.asarray(z0)), np.float64)
         sigma = np.asarray(sde.diffusion(jnp.asarray(z0)), np.float64)
         d = z0.shape[0]

@@ -86,7 +86,7 @@ def ou_mle_and_standard_errors(pairs: IncrementPairs):
     """Closed-form MLE of (A, C = Sigma Sigma^T) for linear drift and constant C, and the
     SE of each entry from the Fisher information at the true parameters:
     Cov(A_i.) = C_ii (sum z z^T dt)^-1,  Var(C_ij) = (C_ii C_jj + C_ij^2) / n."""
-    z0, z1, dt = (np.asarray(a, np.float64) for a in pairs)
+    z0, z1, dt = (np.asarray(a, np.float64) for a in (pairs.z0, pairs.z1, pairs.dt))
     gram = (z0 * dt[:, None]).T @ z0
     drift = np.linalg.solve(gram, z0.T @ (z1 - z0)).T
     scaled = (z1 - z0 - z0 @ drift.T * dt[:, None]) / np.sqrt(dt)[:, None]

@@ -3,6 +3,11 @@
 A model's hyperparameters are ``{"kind": <builder name>, **builder kwargs}``, every value
 JSON-friendly; ``build_model`` calls the builder to get a skeleton of the right structure,
 which ``eqx.tree_deserialise_leaves`` then fills with the saved weights.
+
+``"latent_sde"`` takes ``latent_dim``, ``diffusion_mode``, ``width_size``, ``depth`` and
+``condition_dim`` (the length k of the condition vector c the networks see with u, e.g. 1 for a
+temperature; default 0, no condition). Hyperparameters written before ``condition_dim`` existed
+lack it and rebuild, through that default, the unconditioned model they were saved from.
 """
 
 from __future__ import annotations

@@ -2,7 +2,13 @@
 
 The macroscopic model is
 
-    dz = mu(z) dt + Sigma(z) dW,        z in R^d,  W a d-dimensional Brownian motion.
+    dz = mu(z, c) dt + Sigma(z, c) dW,   z in R^d,  W a d-dimensional Brownian motion,
+
+with an optional condition vector c in R^k (``condition_dim = k``; e.g. a temperature) that
+is constant along a trajectory. The networks see the concatenation ``concat(u, c)`` of the
+normalised latent and the condition, so one model covers a family of dynamics. With
+``condition_dim = 0`` (the default) there is no condition: mu(z), Sigma(z), and the networks,
+their initialisation and every output are exactly those of an unconditioned model.
 
 The networks act on *normalised* latents and time,
 
@@ -11,17 +17,25 @@ The networks act on *normalised* latents and time,
 so that they see O(1) inputs whatever the physical units; ``LatentNormaliser`` holds
 ``offset``, ``scale`` (shape ``(d,)``) and ``time_scale`` (a scalar) as non-trainable arrays
 inside the model, so a saved model rolls out in physical units on its own. In normalised
-coordinates the model is du = mu_u(u) dtau + Sigma_u(u) dW_tau; in physical units
+coordinates the model is du = mu_u(u, c) dtau + Sigma_u(u, c) dW_tau; in physical units
 
-    mu(z)    = scale * mu_u(u) / time_scale,
-    Sigma(z) = diag(scale) Sigma_u(u) / sqrt(time_scale).
+    mu(z, c)    = scale * mu_u(u, c) / time_scale,
+    Sigma(z, c) = diag(scale) Sigma_u(u, c) / sqrt(time_scale).
 
-Diffusion parametrisations (``diffusion_mode``), each returning a ``(d, d)`` matrix:
+The condition c is NOT normalised: the model uses it as given, in every method. Give it in
+O(1) units chosen by the caller (e.g. T / 1000 K, or 1 / (k_B T) in 1/eV), the same at
+training and at rollout.
+
+Diffusion parametrisations (``diffusion_mode``), each returning a ``(d, d)`` matrix (with a
+condition the MLPs take d + k inputs, ``concat(u, c)``):
 
 - ``"full"``: an arbitrary matrix from an MLP d-64-64-64-d^2 (the reference's "arbitrary");
 - ``"diagonal"``: diag(softplus(MLP(u))), an MLP d-64-64-64-d with positive outputs;
 - ``"constant_diagonal"``: diag(exp(log_sigma)), a learned constant vector;
 - ``"constant"``: a learned constant d x d matrix.
+
+The two constant modes ignore the condition (one Sigma for every c); use ``"full"`` or
+``"diagonal"`` when the noise level depends on the condition.
 
 Only Sigma Sigma^T is identifiable from data (Sigma R with R orthogonal gives the same law).
 """
@@ -29,6 +43,7 @@ Only Sigma Sigma^T is identifiable from data (Sigma R with R orthogonal gives th
 from __future__ import annotations
 
 import abc
+import numbers
 from collections.abc import Callable
 
 import equinox as eqx
@@ -133,24 +148,39 @@ class LatentNormaliser(AbstractNonTrainable):
 
 # -------------------------------------------------------------------------------- diffusion
 class AbstractDiffusion(eqx.Module):
-    """Sigma(u): a ``(d, d)`` matrix for one normalised latent ``u`` of shape ``(d,)``."""
+    """Sigma(u, c): a ``(d, d)`` matrix for one normalised latent ``u`` of shape ``(d,)`` and,
+    for a conditioned model, its condition ``c`` of shape ``(k,)``.
+
+    ``LatentSDE`` calls ``diffusion_net(u)`` when it has no condition (``condition_dim = 0``),
+    so a subclass written for unconditioned models may take ``u`` alone; it calls
+    ``diffusion_net(u, c)`` otherwise.
+    """
 
     @abc.abstractmethod
-    def __call__(self, u: Float[Array, " d"]) -> Float[Array, "d d"]:
-        """The diffusion matrix at ``u``."""
+    def __call__(
+        self, u: Float[Array, " d"], c: Float[Array, " k"] | None = None
+    ) -> Float[Array, "d d"]:
+        """The diffusion matrix at ``u`` (and ``c``)."""
+
+
+def _net_input(u: Float[Array, " d"], c: Float[Array, " k"] | None) -> Float[Array, " m"]:
+    """concat(u, c), or ``u`` itself without a condition (no op added: bit-identical)."""
+    return u if c is None else jnp.concatenate([u, c.astype(u.dtype)])
 
 
 class FullDiffusion(AbstractDiffusion):
-    """Sigma(u) = reshape(MLP(u), (d, d)), an arbitrary (not triangular) matrix."""
+    """Sigma(u, c) = reshape(MLP(concat(u, c)), (d, d)), an arbitrary (not triangular) matrix."""
 
     net: eqx.nn.MLP
 
-    def __call__(self, u: Float[Array, " d"]) -> Float[Array, "d d"]:
-        return self.net(u).reshape(u.shape[0], u.shape[0])
+    def __call__(
+        self, u: Float[Array, " d"], c: Float[Array, " k"] | None = None
+    ) -> Float[Array, "d d"]:
+        return self.net(_net_input(u, c)).reshape(u.shape[0], u.shape[0])
 
 
 class DiagonalDiffusion(AbstractDiffusion):
-    """Sigma(u) = diag(softplus(MLP(u))).
+    """Sigma(u, c) = diag(softplus(MLP(concat(u, c)))).
 
     Softplus rather than exp keeps the output linear in the network for large values, so one
     outlier input cannot blow the noise up exponentially.
@@ -158,12 +188,14 @@ class DiagonalDiffusion(AbstractDiffusion):
 
     net: eqx.nn.MLP
 
-    def __call__(self, u: Float[Array, " d"]) -> Float[Array, "d d"]:
-        return jnp.diag(jax.nn.softplus(self.net(u)))
+    def __call__(
+        self, u: Float[Array, " d"], c: Float[Array, " k"] | None = None
+    ) -> Float[Array, "d d"]:
+        return jnp.diag(jax.nn.softplus(self.net(_net_input(u, c))))
 
 
 class ConstantDiagonalDiffusion(AbstractDiffusion):
-    """Sigma = diag(exp(log_sigma)), independent of u.
+    """Sigma = diag(exp(log_sigma)), independent of u (and of the condition c).
 
     Log-parametrised: the noise level of a macroscopic variable can span decades (e.g.
     sqrt(2/N) for Curie-Weiss), which a log parametrisation learns at a uniform rate.
@@ -171,12 +203,14 @@ class ConstantDiagonalDiffusion(AbstractDiffusion):
 
     log_sigma: Float[Array, " d"]
 
-    def __call__(self, u: Float[Array, " d"]) -> Float[Array, "d d"]:
+    def __call__(
+        self, u: Float[Array, " d"], c: Float[Array, " k"] | None = None
+    ) -> Float[Array, "d d"]:
         return jnp.diag(jnp.exp(self.log_sigma)).astype(u.dtype)
 
 
 class ConstantDiffusion(AbstractDiffusion):
-    """Sigma = a learned constant ``(d, d)`` matrix.
+    """Sigma = a learned constant ``(d, d)`` matrix (independent of u and c).
 
     Initialised to the identity (the reference initialises all entries to 1, a rank-one
     matrix whose covariance is singular until training breaks the symmetry).
@@ -184,24 +218,46 @@ class ConstantDiffusion(AbstractDiffusion):
 
     matrix: Float[Array, "d d"]
 
-    def __call__(self, u: Float[Array, " d"]) -> Float[Array, "d d"]:
+    def __call__(
+        self, u: Float[Array, " d"], c: Float[Array, " k"] | None = None
+    ) -> Float[Array, "d d"]:
         return self.matrix.astype(u.dtype)
 
 
 def make_diffusion(
-    mode: str, latent_dim: int, key: PRNGKeyArray, width_size: int = 64, depth: int = 3
+    mode: str,
+    latent_dim: int,
+    key: PRNGKeyArray,
+    width_size: int = 64,
+    depth: int = 3,
+    condition_dim: int = 0,
 ) -> AbstractDiffusion:
-    """Build a diffusion module for ``mode`` in ``DIFFUSION_MODES`` (MLPs d-width^depth-out)."""
+    """Build a diffusion module for ``mode`` in ``DIFFUSION_MODES`` (MLPs (d+k)-width^depth-out,
+    k = ``condition_dim``; the constant modes have no input)."""
     d = check_positive_int(latent_dim, "latent_dim")
+    k = check_condition_dim(condition_dim)
     if mode == "full":
-        return FullDiffusion(_mlp(d, d * d, width_size, depth, key))
+        return FullDiffusion(_mlp(d + k, d * d, width_size, depth, key))
     if mode == "diagonal":
-        return DiagonalDiffusion(_mlp(d, d, width_size, depth, key))
+        return DiagonalDiffusion(_mlp(d + k, d, width_size, depth, key))
     if mode == "constant_diagonal":
         return ConstantDiagonalDiffusion(jnp.zeros(d))
     if mode == "constant":
         return ConstantDiffusion(jnp.eye(d))
     raise ValueError(f"unknown diffusion mode {mode!r}; use one of {DIFFUSION_MODES}.")
+
+
+def check_condition_dim(condition_dim) -> int:
+    """``condition_dim`` as an int >= 0 (0: no condition), else ``ValueError``."""
+    if (
+        isinstance(condition_dim, bool)
+        or not isinstance(condition_dim, numbers.Integral | np.integer)
+        or condition_dim < 0
+    ):
+        raise ValueError(
+            f"condition_dim must be an int >= 0 (0 for no condition), got {condition_dim!r}."
+        )
+    return int(condition_dim)
 
 
 def _mlp(in_size: int, out_size: int, width_size: int, depth: int, key: PRNGKeyArray) -> eqx.nn.MLP:
@@ -213,56 +269,85 @@ def _mlp(in_size: int, out_size: int, width_size: int, depth: int, key: PRNGKeyA
 
 # ---------------------------------------------------------------------------------- the SDE
 class LatentSDE(eqx.Module):
-    """du = drift(u) dtau + diffusion(u) dW_tau in normalised coordinates (see module doc).
+    """du = drift(u, c) dtau + diffusion(u, c) dW_tau in normalised coordinates (module doc).
 
-    Acts on ONE latent; batch with ``jax.vmap``.
+    Acts on ONE latent ``u`` of shape ``(d,)`` and, for a conditioned model, ONE condition
+    ``c`` of shape ``(condition_dim,)``; batch with ``jax.vmap``. Every method checks, before
+    any compute, that a condition is given exactly when ``condition_dim > 0`` and has length
+    ``condition_dim``. The condition is used as given (never normalised).
 
     Attributes:
-        drift_net: any callable module ``(d,) -> (d,)`` (an MLP by default).
-        diffusion_net: an ``AbstractDiffusion``, ``(d,) -> (d, d)``.
+        drift_net: any callable module ``(d + k,) -> (d,)`` (an MLP by default), applied to
+            ``concat(u, c)``; to ``u`` alone when k = 0.
+        diffusion_net: an ``AbstractDiffusion``, ``(d,)[, (k,)] -> (d, d)``.
         normaliser: the non-trainable ``LatentNormaliser`` linking u, tau to z, t.
+        condition_dim: k >= 0, the length of the condition vector (0: unconditioned, the
+            default). Static: it is part of the structure, not a parameter.
     """
 
     drift_net: Callable[[Array], Array]
     diffusion_net: AbstractDiffusion
     normaliser: LatentNormaliser
+    condition_dim: int = eqx.field(static=True, default=0)
 
     def __check_init__(self):
         if not isinstance(self.diffusion_net, AbstractDiffusion):
             raise TypeError(
                 f"diffusion_net must be an AbstractDiffusion, got {type(self.diffusion_net)}."
             )
+        k = check_condition_dim(self.condition_dim)
+        expected = self.latent_dim + k
+        nets = [("drift_net", self.drift_net)]
+        nets += [("diffusion_net.net", getattr(self.diffusion_net, "net", None))]
+        for name, net in nets:
+            if isinstance(net, eqx.nn.MLP) and net.in_size not in (expected, "scalar"):
+                raise ValueError(
+                    f"{name} takes {net.in_size} inputs, but concat(u, c) has d + "
+                    f"condition_dim = {self.latent_dim} + {k} = {expected}."
+                )
 
     @property
     def latent_dim(self) -> int:
         return self.normaliser.latent_dim
 
     # normalised coordinates (what the loss and the integrators use)
-    def drift(self, u: Float[Array, " d"]) -> Float[Array, " d"]:
-        """mu_u(u), shape ``(d,)``."""
-        self._check_latent(u)
-        return self.drift_net(u)
+    def drift(
+        self, u: Float[Array, " d"], c: Float[ArrayLike, " k"] | None = None
+    ) -> Float[Array, " d"]:
+        """mu_u(u, c), shape ``(d,)``; ``c`` of shape ``(condition_dim,)`` or ``None``."""
+        c = self._check_inputs(u, c)
+        return self.drift_net(_net_input(u, c))
 
-    def diffusion(self, u: Float[Array, " d"]) -> Float[Array, "d d"]:
-        """Sigma_u(u), shape ``(d, d)`` in every diffusion mode."""
-        self._check_latent(u)
-        return self.diffusion_net(u)
+    def diffusion(
+        self, u: Float[Array, " d"], c: Float[ArrayLike, " k"] | None = None
+    ) -> Float[Array, "d d"]:
+        """Sigma_u(u, c), shape ``(d, d)`` in every diffusion mode."""
+        c = self._check_inputs(u, c)
+        # Without a condition, call with u alone: user diffusions may not take a c.
+        return self.diffusion_net(u) if c is None else self.diffusion_net(u, c)
 
     # physical units (for comparisons with known dynamics)
-    def physical_drift(self, z: Float[Array, " d"]) -> Float[Array, " d"]:
-        """mu(z) = scale * mu_u(u) / time_scale, in latent units per unit physical time."""
+    def physical_drift(
+        self, z: Float[Array, " d"], c: Float[ArrayLike, " k"] | None = None
+    ) -> Float[Array, " d"]:
+        """mu(z, c) = scale * mu_u(u, c) / time_scale, in latent units per unit physical time
+        (c as given: it is not normalised)."""
         norm = self.normaliser
-        return norm.scale * self.drift(norm.normalise(z)) / norm.time_scale
+        return norm.scale * self.drift(norm.normalise(z), c) / norm.time_scale
 
-    def physical_diffusion(self, z: Float[Array, " d"]) -> Float[Array, "d d"]:
-        """Sigma(z) = diag(scale) Sigma_u(u) / sqrt(time_scale)."""
+    def physical_diffusion(
+        self, z: Float[Array, " d"], c: Float[ArrayLike, " k"] | None = None
+    ) -> Float[Array, "d d"]:
+        """Sigma(z, c) = diag(scale) Sigma_u(u, c) / sqrt(time_scale)."""
         norm = self.normaliser
-        sigma = self.diffusion(norm.normalise(z))
+        sigma = self.diffusion(norm.normalise(z), c)
         return norm.scale[:, None] * sigma / jnp.sqrt(norm.time_scale)
 
-    def physical_covariance_rate(self, z: Float[Array, " d"]) -> Float[Array, "d d"]:
-        """Sigma(z) Sigma(z)^T in physical units: the covariance of dz per unit time."""
-        sigma = self.physical_diffusion(z)
+    def physical_covariance_rate(
+        self, z: Float[Array, " d"], c: Float[ArrayLike, " k"] | None = None
+    ) -> Float[Array, "d d"]:
+        """Sigma(z, c) Sigma(z, c)^T in physical units: the covariance of dz per unit time."""
+        sigma = self.physical_diffusion(z, c)
         return sigma @ sigma.T
 
     def with_normaliser(self, normaliser: LatentNormaliser) -> LatentSDE:
@@ -273,12 +358,37 @@ class LatentSDE(eqx.Module):
             )
         return eqx.tree_at(lambda m: m.normaliser, self, normaliser)
 
-    def _check_latent(self, u):
+    def check_condition(self, c, batch_shape: tuple[int, ...] = ()) -> None:
+        """Raise ``ValueError`` unless ``c`` fits this model: ``None`` for an unconditioned
+        model, else an array of shape ``(*batch_shape, condition_dim)``."""
+        k = self.condition_dim
+        if c is None:
+            if k:
+                raise ValueError(
+                    f"this model is conditioned (condition_dim = {k}) and needs a condition "
+                    f"vector c of shape {(*batch_shape, k)}; got none."
+                )
+            return
+        if not k:
+            raise ValueError(
+                f"this model is unconditioned (condition_dim = 0) but a condition of shape "
+                f"{np.shape(c)} was given; drop it, or build the model with "
+                "condition_dim = len(c) (make_latent_sde(..., condition_dim=...))."
+            )
+        if tuple(np.shape(c)) != (*batch_shape, k):
+            raise ValueError(
+                f"the condition must have shape {(*batch_shape, k)} (condition_dim = {k}), got "
+                f"{np.shape(c)}."
+            )
+
+    def _check_inputs(self, u, c):
         if u.shape != (self.latent_dim,):
             raise ValueError(
                 f"expected one latent of shape ({self.latent_dim},), got {u.shape}; "
                 "the model acts on one sample, use jax.vmap for batches."
             )
+        self.check_condition(c)
+        return None if c is None else jnp.asarray(c)
 
 
 def make_latent_sde(
@@ -287,20 +397,27 @@ def make_latent_sde(
     diffusion_mode: str = "full",
     width_size: int = 64,
     depth: int = 3,
+    condition_dim: int = 0,
 ) -> LatentSDE:
-    """Reference architecture: drift MLP d-64-64-64-d (ReLU) and the chosen diffusion.
+    """Reference architecture: drift MLP (d+k)-64-64-64-d (ReLU) and the chosen diffusion,
+    k = ``condition_dim`` (0: no condition; the networks, and their initialisation from
+    ``key``, are then exactly those of the unconditioned model).
 
     The normaliser starts as the identity; set data statistics with ``with_normaliser``.
-    All arguments but ``key`` are JSON-friendly (they are the checkpoint's hyperparameters).
+    All arguments but ``key`` are JSON-friendly (they are the checkpoint's hyperparameters:
+    ``model_hyperparams("latent_sde", latent_dim=6, condition_dim=1)`` rebuilds a
+    temperature-conditioned model).
     """
     d = check_positive_int(latent_dim, "latent_dim")
+    k = check_condition_dim(condition_dim)
     if diffusion_mode not in DIFFUSION_MODES:
         raise ValueError(
             f"unknown diffusion mode {diffusion_mode!r}; use one of {DIFFUSION_MODES}."
         )
     key_drift, key_diffusion = jr.split(key)
     return LatentSDE(
-        drift_net=_mlp(d, d, width_size, depth, key_drift),
-        diffusion_net=make_diffusion(diffusion_mode, d, key_diffusion, width_size, depth),
+        drift_net=_mlp(d + k, d, width_size, depth, key_drift),
+        diffusion_net=make_diffusion(diffusion_mode, d, key_diffusion, width_size, depth, k),
         normaliser=LatentNormaliser.identity(d),
+        condition_dim=k,
     )

@@ -4,7 +4,10 @@ resumable atomic checkpoints.
 The same ``fit`` trains the closure autoencoder (``reconstruction_loss`` on configurations)
 and the SDE (``increment_loss`` on ``IncrementPairs``): a loss is any
 ``loss_fn(model, batch, key) -> scalar`` and the data is any pytree of arrays sharing their
-leading (sample) axis, on the host (NumPy, possibly memory-mapped) or on the device.
+leading (sample) axis, on the host (NumPy, possibly memory-mapped) or on the device. Every
+leaf is batched with the same indices, in the host loop and with ``device_epochs`` alike: the
+``(n, k)`` ``condition`` of conditioned ``IncrementPairs`` travels with its pairs, and a
+``None`` leaf (unconditioned pairs) is an empty subtree that batching skips.
 
 Per epoch: the training set is shuffled by a NumPy generator seeded from ``(key, epoch)`` (so
 a resumed run sees exactly the batches an uninterrupted one would), every batch takes one

@@ -32,17 +32,18 @@ def increment_nll_terms(
     dt: Float[Array, ""],
     covariance_scale: float | int | Float[Array, ""] = 1.0,
     jitter: float | int = DEFAULT_JITTER,
+    condition: Float[Array, " k"] | None = None,
 ) -> Float[Array, ""]:
-    """r^T C^{-1} r + log det C for ONE pair (normalised coordinates).
+    """r^T C^{-1} r + log det C for ONE pair (normalised coordinates) at condition c.
 
-    r = z1 - z0 - mu(z0) dt,  C = lambda Sigma(z0) Sigma(z0)^T dt + eps I,  with C = L L^T its
-    Cholesky factor: r^T C^{-1} r = |L^{-1} r|^2 (one triangular solve) and
+    r = z1 - z0 - mu(z0, c) dt,  C = lambda Sigma(z0, c) Sigma(z0, c)^T dt + eps I,  with
+    C = L L^T its Cholesky factor: r^T C^{-1} r = |L^{-1} r|^2 (one triangular solve) and
     log det C = 2 sum_i log L_ii. No explicit inverse is formed. A covariance that is not
-    positive definite gives NaN.
+    positive definite gives NaN. ``condition``: ``(k,)`` for a conditioned model, else None.
     """
     d = z0.shape[0]
-    sigma = sde.diffusion(z0)
-    residual = z1 - z0 - sde.drift(z0) * dt
+    sigma = sde.diffusion(z0, condition)
+    residual = z1 - z0 - sde.drift(z0, condition) * dt
     covariance = covariance_scale * dt * (sigma @ sigma.T) + jitter * jnp.eye(d, dtype=z0.dtype)
     return gaussian_quadratic_form_and_logdet(covariance, residual)
 
@@ -89,7 +90,9 @@ def increment_loss(
     """Partial-evolution Gaussian likelihood loss, averaged over the batch.
 
         L_p = E[ r^T C^{-1} r + log det C ],
-        r = z1 - z0 - mu(z0) dt,    C = lambda Sigma(z0) Sigma(z0)^T dt + eps I.
+        r = z1 - z0 - mu(z0, c) dt,    C = lambda Sigma(z0, c) Sigma(z0, c)^T dt + eps I,
+
+    with c the pair's condition (``batch.condition``; none for an unconditioned model).
 
     This is 2 x (negative log-likelihood of the one-step Euler-Maruyama Gaussian
     N(z0 + mu dt, C)) minus the constant d log(2 pi). lambda = ``covariance_scale`` (K for
@@ -98,17 +101,24 @@ def increment_loss(
 
     Args:
         sde: the model (acts in normalised coordinates; pass normalised pairs).
-        batch: ``IncrementPairs`` with z0, z1 of shape ``(B, d)`` and dt of shape ``(B,)``.
+        batch: ``IncrementPairs`` with z0, z1 of shape ``(B, d)``, dt of shape ``(B,)`` and
+            condition of shape ``(B, condition_dim)`` if the model is conditioned, else None.
         key: unused (the loss is deterministic).
         covariance_scale: lambda > 0.
         jitter: eps >= 0.
 
     Returns:
         The scalar mean over the batch.
+
+    Raises:
+        ValueError: shapes do not match, or the batch has a condition and the model none (or
+            the reverse, or of another length); checked before any compute.
     """
     del key
     _check_scale_and_jitter(covariance_scale, jitter)
-    z0, z1, dt = (jnp.asarray(a) for a in batch)
+    if not isinstance(batch, IncrementPairs):  # a plain (z0, z1, dt[, condition]) tuple
+        batch = IncrementPairs(*batch)
+    z0, z1, dt = (jnp.asarray(a) for a in (batch.z0, batch.z1, batch.dt))
     if z0.ndim != 2 or z1.shape != z0.shape or dt.shape != z0.shape[:1]:
         raise ValueError(
             f"batch must hold z0, z1 of shape (B, d) and dt of shape (B,), got {z0.shape}, "
@@ -116,9 +126,16 @@ def increment_loss(
         )
     if z0.shape[1] != sde.latent_dim:
         raise ValueError(f"batch latents have d = {z0.shape[1]}, the model d = {sde.latent_dim}.")
-    terms = jax.vmap(increment_nll_terms, in_axes=(None, 0, 0, 0, None, None))(
-        sde, z0, z1, dt.astype(z0.dtype), covariance_scale, jitter
-    )
+    sde.check_condition(batch.condition, z0.shape[:1])
+    if batch.condition is None:
+        terms = jax.vmap(increment_nll_terms, in_axes=(None, 0, 0, 0, None, None))(
+            sde, z0, z1, dt.astype(z0.dtype), covariance_scale, jitter
+        )
+    else:
+        condition = jnp.asarray(batch.condition, z0.dtype)
+        terms = jax.vmap(increment_nll_terms, in_axes=(None, 0, 0, 0, None, None, 0))(
+            sde, z0, z1, dt.astype(z0.dtype), covariance_scale, jitter, condition
+        )
     return jnp.mean(terms)
 
 

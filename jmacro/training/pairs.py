@@ -1,4 +1,4 @@
-"""Training pairs (z_t, z~_{t+dt}, dt) from large snapshots and partially evolved patches.
+"""Training pairs (z_t, z~_{t+dt}, dt[, c]) from large snapshots and partially evolved patches.
 
 Given a large snapshot x_t, the index I of the one patch that was evolved, the evolved patch
 x_{t+dt,I} and the elapsed time dt (Algorithm 2 of the paper), with phi the autoencoder's
@@ -21,6 +21,13 @@ arrays and returns host NumPy arrays.
 Normalisation: ``fit_normaliser`` computes a ``LatentNormaliser`` (latent offset/scale, and the
 time scale = mean validation dt, as the reference), and ``normalise_pairs`` maps pairs to the
 model's coordinates u = (z - offset)/scale, tau = dt / time_scale.
+
+Conditions: for a model of a family of dynamics dz = mu(z, c) dt + Sigma(z, c) dW (e.g. c a
+temperature), each pair carries the condition c it was simulated at, ``condition`` of shape
+``(n, k)``; the encoders take it as an optional argument and pass it through. The condition is
+NOT normalised by the latent normaliser (``normalise_pairs`` passes it on unchanged): choose its
+O(1) units when building the pairs, and use the same at rollout. ``condition = None`` (the
+default) means unconditioned pairs, for a model with ``condition_dim = 0``.
 """
 
 from __future__ import annotations
@@ -41,17 +48,25 @@ PAIR_METHODS = ("ours", "baseline", "patch")
 
 
 class IncrementPairs(NamedTuple):
-    """A batch of one-step increments z0 -> z1 over a time dt.
+    """A batch of one-step increments z0 -> z1 over a time dt, at a condition c.
+
+    A pytree whose array leaves share the leading (sample) axis, so ``fit`` batches all of
+    them, ``condition`` included; ``None`` is an empty subtree, skipped by ``jax.tree.map``.
+    Read the fields by name (a tuple unpacking ``z0, z1, dt = pairs`` would see 4 fields).
 
     Attributes:
         z0: ``(n, d)`` start latents.
         z1: ``(n, d)`` end latents (or their partial-evolution estimate).
         dt: ``(n,)`` elapsed times, > 0.
+        condition: ``(n, k)`` the condition vector of each pair (e.g. its temperature, in the
+            units the model sees: it is never normalised), or ``None`` (default) for
+            unconditioned pairs.
     """
 
     z0: Float[ArrayLike, "n d"]
     z1: Float[ArrayLike, "n d"]
     dt: Float[ArrayLike, " n"]
+    condition: Float[ArrayLike, "n k"] | None = None
 
 
 def partial_evolution_pair(
@@ -84,6 +99,7 @@ def encode_partial_evolution_pairs(
     *,
     method: str = "ours",
     chunk_size: int = 1024,
+    condition: Float[ArrayLike, "n k"] | None = None,
 ) -> IncrementPairs:
     """Encode partial-evolution data into ``IncrementPairs`` of host float32 arrays.
 
@@ -96,6 +112,8 @@ def encode_partial_evolution_pairs(
         dt: ``(n,)`` elapsed times, finite and > 0.
         method: ``"ours"``, ``"baseline"`` or ``"patch"`` (see the module doc).
         chunk_size: snapshots encoded per jitted call.
+        condition: ``(n, k)`` condition of each pair (e.g. the temperature its snapshot and
+            patch were simulated at), passed through as float32, not normalised; or ``None``.
     """
     if method not in PAIR_METHODS:
         raise ValueError(f"unknown pair method {method!r}; use one of {PAIR_METHODS}.")
@@ -110,13 +128,14 @@ def encode_partial_evolution_pairs(
     if np.any((index < 0) | (index >= num_patches)):
         raise ValueError(f"patch_index must lie in [0, K = {num_patches}).")
     dt = _check_dt(dt, n)
+    condition = check_condition_rows(condition, n)
     z0, z1 = _map_chunks(
         lambda x, i, p: _partial_pairs_chunk(autoencoder, x, i, p, method),
         (snapshots, index.astype(np.int32), evolved_patches),
         n,
         chunk_size,
     )
-    return IncrementPairs(z0, z1, dt)
+    return IncrementPairs(z0, z1, dt, condition)
 
 
 def encode_full_pairs(
@@ -126,18 +145,21 @@ def encode_full_pairs(
     dt: Float[ArrayLike, " n"],
     *,
     chunk_size: int = 1024,
+    condition: Float[ArrayLike, "n k"] | None = None,
 ) -> IncrementPairs:
-    """True full-system pairs (phi(x_t), phi(x_{t+dt}), dt) as host float32 arrays."""
+    """True full-system pairs (phi(x_t), phi(x_{t+dt}), dt) as host float32 arrays, with the
+    optional ``(n, k)`` ``condition`` of each pair passed through (not normalised)."""
     n = _check_leading(snapshots, autoencoder.config_shape, "snapshots")
     _check_leading(next_snapshots, autoencoder.config_shape, "next_snapshots", n)
     dt = _check_dt(dt, n)
+    condition = check_condition_rows(condition, n)
     z0, z1 = _map_chunks(
         lambda a, b: (_encode_chunk(autoencoder, a), _encode_chunk(autoencoder, b)),
         (snapshots, next_snapshots),
         n,
         chunk_size,
     )
-    return IncrementPairs(z0, z1, dt)
+    return IncrementPairs(z0, z1, dt, condition)
 
 
 def encode_configurations(
@@ -167,7 +189,11 @@ def fit_normaliser(
 
 
 def normalise_pairs(pairs: IncrementPairs, normaliser: LatentNormaliser) -> IncrementPairs:
-    """Map physical pairs to model coordinates: u = (z - offset)/scale, tau = dt/time_scale."""
+    """Map physical pairs to model coordinates: u = (z - offset)/scale, tau = dt/time_scale.
+
+    The condition, if any, is passed on unchanged (as float32): the latent normaliser does
+    not apply to it, and the model sees it in the units the pairs carry.
+    """
     offset = np.asarray(normaliser.offset)
     scale = np.asarray(normaliser.scale)
     time_scale = float(normaliser.time_scale)
@@ -181,7 +207,24 @@ def normalise_pairs(pairs: IncrementPairs, normaliser: LatentNormaliser) -> Incr
         ((z0 - offset) / scale).astype(np.float32),
         ((z1 - offset) / scale).astype(np.float32),
         (np.asarray(pairs.dt) / time_scale).astype(np.float32),
+        check_condition_rows(pairs.condition, z0.shape[0]),
     )
+
+
+def check_condition_rows(condition: ArrayLike | None, n: int) -> Float[np.ndarray, "n k"] | None:
+    """``condition`` as a finite host float32 ``(n, k)`` array (k >= 1), or ``None``."""
+    if condition is None:
+        return None
+    condition = np.asarray(condition, np.float32)
+    if condition.ndim != 2 or condition.shape[0] != n or condition.shape[1] == 0:
+        raise ValueError(
+            f"condition must have shape ({n}, k >= 1), one condition vector per pair, got "
+            f"{condition.shape}; use None for unconditioned pairs and condition[:, None] for "
+            "a scalar condition."
+        )
+    if not np.all(np.isfinite(condition)):
+        raise ValueError("condition must be finite.")
+    return condition
 
 
 # ---------------------------------------------------------------------------------- helpers
