@@ -83,14 +83,20 @@ class DatasetExistsError(DatasetError, FileExistsError):
 
 
 # ---------------------------------------------------------------------------------- writing
-def _check_array(name: str, dtype: Any) -> np.dtype:
-    """Refuse names that are not portable file names and dtypes a plain ``.npy`` cannot hold
-    safely (objects need pickle) or at all (typed PRNG keys)."""
+def _check_name(name: str) -> str:
+    """Array names become file names: letters, digits, ``_`` and ``-`` only."""
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise ValueError(
             f"array name {name!r} is not allowed: use letters, digits, '_' and '-' (it becomes "
             "the file name <name>.npy)."
         )
+    return name
+
+
+def _check_array(name: str, dtype: Any) -> np.dtype:
+    """Check the name, and refuse dtypes a plain ``.npy`` cannot hold safely (objects need
+    pickle) or at all (typed PRNG keys)."""
+    _check_name(name)
     if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
         raise TypeError(
             f"array {name!r} holds typed PRNG keys; store jax.random.key_data(keys) and "
@@ -152,8 +158,7 @@ class DatasetWriter:
         for name, length in (lengths or {}).items():
             if isinstance(length, bool) or not isinstance(length, int | np.integer) or length < 0:
                 raise ValueError(f"lengths[{name!r}] must be an integer >= 0, got {length!r}.")
-            _check_array(name, np.int8)
-            self.lengths[name] = int(length)
+            self.lengths[_check_name(name)] = int(length)
         self.overwrite = overwrite
         self._tmp: Path | None = None
         self._names: set[str] = set()  # arrays written so far
@@ -251,17 +256,20 @@ class DatasetWriter:
                     f"array {name!r} got {got} rows but {expected} were expected; the dataset "
                     f"at {self.path} was not written. Check the generator that feeds it."
                 )
-        for name, parts in self._parts.items():  # joined on disk, memory-mapped
+        for name, parts in self._parts.items():  # join the batches of unknown-length arrays
             dtype, item_shape, rows = self._appended[name]
             file = self._tmp / f"{name}.npy"
             out = np.lib.format.open_memmap(file, "w+", dtype, (rows, *item_shape))
-            np.concatenate([np.load(part, mmap_mode="r") for part in parts], out=out)
+            start = 0
+            for part in parts:  # one batch in memory at a time
+                batch = np.load(part)
+                out[start : start + len(batch)] = batch
+                start += len(batch)
+                part.unlink()
             self._memmaps[name] = out
         for out in self._memmaps.values():
             out.flush()
         self._memmaps.clear()
-        for part in (part for parts in self._parts.values() for part in parts):
-            part.unlink()
         entries = {}
         for name in sorted(self._names):
             shape, dtype, _ = _read_header(self._tmp / f"{name}.npy")
@@ -272,12 +280,15 @@ class DatasetWriter:
                 "sha256": _data_sha256(self._tmp / f"{name}.npy"),
             }
         _check_user_meta(self.meta)
-        versions = {"numpy": np.__version__, "jax": _version("jax")}
         meta = {
             **to_jsonable(self.meta),
             "format": FORMAT_VERSION,
             "jmacro_version": _version("jmacro"),
-            "versions": {**versions, "python": platform.python_version()},
+            "versions": {
+                "numpy": np.__version__,
+                "jax": _version("jax"),
+                "python": platform.python_version(),
+            },
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "arrays": entries,
         }
