@@ -23,8 +23,9 @@ logger = logging.getLogger("jmacro")
 class SimulateConfig:
     """Simulate a batch of replicas of a microscopic system and print its observables."""
 
-    system: Annotated[Literal["ising", "curie-weiss"], tyro.conf.Positional]
-    """Which microscopic system."""
+    system: Annotated[str, tyro.conf.Positional]
+    """A registered spin experiment whose microscopic system to simulate (ising,
+    curie-weiss; `jmacro run --help` lists the registry)."""
     size: int = 64
     """Lattice side L (L x L spins)."""
     num_steps: int = 10
@@ -35,7 +36,7 @@ class SimulateConfig:
     step_time: float = 1.0
     """Step duration for `--dynamics time`, in sweeps."""
     temperature: float | None = None
-    """Temperature; default 2.5 (Ising) or 1.1 (Curie-Weiss)."""
+    """Temperature; default: the experiment's (2.5 for Ising, 1.1 for Curie-Weiss)."""
     field: float = 0.1
     """External field h."""
     magnetisation: float = 0.0
@@ -55,14 +56,24 @@ def simulate(cfg: SimulateConfig) -> list[dict]:
 
     from jmacro import observables
     from jmacro._checks import check_positive_int
-    from jmacro.systems import CurieWeiss, GlauberIsing
+    from jmacro.pipelines import EXPERIMENTS
+    from jmacro.pipelines._spins import AbstractSpinExperiment
 
     check_positive_int(cfg.num_steps, "num-steps")
     check_positive_int(cfg.num_replicas, "num-replicas")
-    if cfg.system == "ising":
-        model = GlauberIsing(2.5 if cfg.temperature is None else cfg.temperature, cfg.field)
-    else:
-        model = CurieWeiss(1.1 if cfg.temperature is None else cfg.temperature, cfg.field)
+    spins_experiments = {
+        name: cls for name, cls in EXPERIMENTS.items() if issubclass(cls, AbstractSpinExperiment)
+    }
+    if cfg.system not in spins_experiments:
+        raise ValueError(
+            f"unknown system {cfg.system!r}; registered spin experiments: "
+            f"{', '.join(spins_experiments)}."
+        )
+    experiment = spins_experiments[cfg.system]
+    temperature = {f.name: f.default for f in dataclasses.fields(experiment)}["temperature"]
+    if cfg.temperature is not None:
+        temperature = cfg.temperature
+    model = experiment.system_class(temperature, cfg.field)
     key_init, key_run = jr.split(jr.key(cfg.seed))
     keys = jr.split(key_init, cfg.num_replicas)
     spins = jax.vmap(lambda k: model.init_state(k, (cfg.size, cfg.size), cfg.magnetisation))(keys)

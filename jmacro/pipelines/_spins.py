@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
+from jmacro.geometry import SquareTiling2D
 from jmacro.metrics import relative_squared_error
 from jmacro.models import model_hyperparams
 from jmacro.pipelines.base import AbstractExperiment, Scale, param
@@ -47,6 +48,7 @@ class AbstractSpinExperiment(AbstractExperiment):
 
     metric: ClassVar[str] = "test_error"
     time_unit: ClassVar[str] = "time (sweeps)"
+    scale_axis: ClassVar[str] = "patch size n_s (sites)"
     system_class: ClassVar[type]
     relax_boundary: ClassVar[str]
     known_observables: ClassVar[str]
@@ -89,16 +91,14 @@ class AbstractSpinExperiment(AbstractExperiment):
     # ---- pieces
     def _partial(self, side: int) -> PartialEvolution:
         duration = None if self.pair_events else self.step_time * self.pairs.num_steps
-        return PartialEvolution(side, self.pairs.boundary, duration=duration)
+        return PartialEvolution(SquareTiling2D(side), self.pairs.boundary, duration=duration)
 
     def _upsampling(self, side: int) -> HierarchicalUpsampling:
         up, relax = self.upsampling, None
         if up.relax and side < self.large_size:
             window = min(up.window, self.large_size)
             relax = LocalRelax(
-                window,
-                min(up.stride, window),
-                None,
+                SquareTiling2D(window, stride=min(up.stride, window)),
                 self.relax_boundary,
                 up.schedule,
                 duration=up.relax_time,

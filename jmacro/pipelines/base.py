@@ -279,6 +279,8 @@ class AbstractExperiment(abc.ABC):
     """Names of the latent coordinates, for plots."""
     time_unit: ClassVar[str] = "time"
     """Unit of the step duration, for plots."""
+    scale_axis: ClassVar[str] = "scale"
+    """What ``Scale.label`` measures, for plots."""
 
     preset: str = param("custom", affects="none")
     """Name of the preset this config started from (report only)."""

@@ -16,6 +16,7 @@ import jax
 import jax.random as jr
 import numpy as np
 
+from jmacro.geometry import Segments1D
 from jmacro.metrics import mmd_per_time
 from jmacro.models import model_hyperparams
 from jmacro.pipelines.base import (
@@ -31,9 +32,16 @@ from jmacro.pipelines.base import (
     lambda_variants,
     param,
 )
-from jmacro.scale import field_partial_pairs, upsample_fields
+from jmacro.scale import (
+    HierarchicalUpsampling,
+    Interpolation,
+    PartialEvolution,
+    evolve_patches,
+    upsample_dataset,
+)
+from jmacro.simulate import trajectories
 from jmacro.systems import PredatorPrey as PredatorPreySystem
-from jmacro.systems import predator_prey_initial_condition, simulate_ensemble
+from jmacro.systems import predator_prey_initial_condition
 
 # REFERENCE.md section 3: the reference implementation's average MMD per lambda (K = 5).
 REFERENCE_MMD = {1.0: 0.0798, 2.5: 0.0676, 5.0: 0.0632, 10.0: 0.0754, 15.0: 0.0740, 20.0: 0.0756}
@@ -158,20 +166,19 @@ class PredatorPrey(AbstractExperiment):
 
     def small_data(self, system, scale, key, progress):
         init = self._family(self.small.num_trajectories, jr.fold_in(key, 0), self.small_cells)
-        paths = simulate_ensemble(
+        paths = trajectories(
             system, init, jr.fold_in(key, 1), self.small.num_steps, progress=progress
         )
         return {"snapshots": paths.astype(np.float32)}
 
     def upsample(self, system, scale, picked, key, progress):
-        return upsample_fields(
-            picked, self.large_cells, self.upsampling.interpolation, progress=progress
-        )
+        interpolation = Interpolation(self.upsampling.interpolation)
+        cfg = HierarchicalUpsampling(self.large_cells, None, None, upsample=interpolation)
+        return upsample_dataset(system, picked, key, cfg, progress=progress)
 
     def partial_pairs(self, system, scale, snapshots, key, progress):
-        return field_partial_pairs(
-            system, snapshots, key, self.num_patches, self.pairs.num_steps, progress=progress
-        )
+        scheme = PartialEvolution(Segments1D(self.num_patches), num_events=self.pairs.num_steps)
+        return evolve_patches(system, snapshots, key, scheme, progress=progress)
 
     def _grid(self):
         return [(k, m) for k in self.test_k for m in self.test_m]
@@ -184,13 +191,18 @@ class PredatorPrey(AbstractExperiment):
                 grid[:, 0], grid[:, 1]
             )
         )
-        test = simulate_ensemble(
-            system, init, jr.fold_in(key, 0), truth.test_steps, truth.save_every, progress=progress
+        test = trajectories(
+            system,
+            init,
+            jr.fold_in(key, 0),
+            truth.test_steps,
+            save_every=truth.save_every,
+            progress=progress,
         )
         val_init = self._family(truth.num_val_runs, jr.fold_in(key, 1), self.large_cells)
         return {
             "test": test.reshape(-1, truth.num_test_runs, *test.shape[1:]),
-            "validation": simulate_ensemble(system, val_init, jr.fold_in(key, 2), truth.val_steps),
+            "validation": trajectories(system, val_init, jr.fold_in(key, 2), truth.val_steps),
         }
 
     def conditions(self):

@@ -54,7 +54,7 @@ def plot_score_vs_scale(path: Path, experiment, metrics: dict) -> None:
             ax.plot(
                 *zip(*ref, strict=True), "x--", color=f"C{i}", alpha=0.5, label=f"{group} (ref.)"
             )
-    ax.set(xscale="log", yscale="log", xlabel="scale", ylabel=experiment.metric)
+    ax.set(xscale="log", yscale="log", xlabel=experiment.scale_axis, ylabel=experiment.metric)
     ax.set_title(f"{experiment.name}: {experiment.metric} vs scale", fontsize=9)
     ax.legend(fontsize=7)
     _save(fig, path, plt)

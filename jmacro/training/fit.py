@@ -257,7 +257,11 @@ def _train_step(loss_fn, learning_rate, weight_decay, amsgrad):
 
         loss, grads = jax.value_and_grad(loss_of)(params)
         step_state, plateau_state = opt_state
-        updates, step_state = step_optimizer.update(grads, step_state, params)
+        # optax's bias correction raises a Python float to an int32 step count, which strict
+        # dtype promotion (the test suite's setting) refuses; jmacro's own arithmetic stays
+        # under whatever promotion the caller chose.
+        with jax.numpy_dtype_promotion("standard"):
+            updates, step_state = step_optimizer.update(grads, step_state, params)
         updates = jax.tree.map(lambda u: plateau_state.scale * u, updates)
         model = eqx.combine(optax.apply_updates(params, updates), static)
         return model, (step_state, plateau_state), loss
@@ -276,7 +280,12 @@ def _plateau_step(factor, patience, rtol, min_scale):
     plateau = optax.contrib.reduce_on_plateau(
         factor=factor, patience=patience, rtol=rtol, min_scale=min_scale
     )
-    return jax.jit(lambda state, value: plateau.update({}, state, value=value)[1])
+
+    def step(state, value):
+        with jax.numpy_dtype_promotion("standard"):  # optax mixes float32 and int32 inside
+            return plateau.update({}, state, value=value)[1]
+
+    return jax.jit(step)
 
 
 # -------------------------------------------------------------------------------- the loop
