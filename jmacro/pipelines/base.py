@@ -318,12 +318,16 @@ class AbstractExperiment(abc.ABC):
 
     @abc.abstractmethod
     def partial_pairs(self, system, scale: Scale, snapshots, key, progress: bool) -> dict:
-        """One partial evolution per snapshot: ``patch_after``, ``dt``, ``patch_index``."""
+        """One partial evolution per snapshot: ``patch_after``, ``dt``, ``patch_index``; and
+        ``condition (N, k)`` for an SDE conditioned on e.g. temperature (the runner then trains
+        a conditioned ``LatentSDE`` with ``condition_dim = k``)."""
 
     @abc.abstractmethod
     def ground_truth(self, system, key, progress: bool) -> dict[str, np.ndarray]:
         """``test (C, R, T+1, *state)`` on the test conditions and ``validation
-        (R, S+1, *state)`` full-system runs; both on the grid of ``step_duration``."""
+        (R, S+1, *state)`` full-system runs; both on the grid of ``step_duration``. A
+        conditioned experiment adds ``test_condition (C, k)`` (passed to the rollouts as
+        Diffrax ``args``) and ``validation_condition (R, k)``."""
 
     @abc.abstractmethod
     def conditions(self) -> list[str]:

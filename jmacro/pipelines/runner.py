@@ -324,13 +324,14 @@ def _run_scale(graph: _Graph, system, scale: Scale, truth: StageRecord, progress
     @functools.cache
     def normalised_validation():
         validation = truth.dataset["validation"]  # (R, S+1, *state)
-        state = validation.shape[2:]
-        num = validation.shape[0] * (validation.shape[1] - 1)
+        state, steps = validation.shape[2:], validation.shape[1] - 1
+        condition = _optional(truth.dataset, "validation_condition")  # (R, k)
         val = encode_full_pairs(
             ae,
             validation[:, :-1].reshape(-1, *state),
             validation[:, 1:].reshape(-1, *state),
-            np.full(num, exp.step_duration, np.float32),
+            np.full(validation.shape[0] * steps, exp.step_duration, np.float32),
+            condition=None if condition is None else np.repeat(condition, steps, axis=0),
         )
         latents = encode_configurations(ae, large.dataset["snapshots"])
         normaliser = fit_normaliser(latents, val.dt, exp.sde.normalisation)
@@ -347,11 +348,16 @@ def _run_scale(graph: _Graph, system, scale: Scale, truth: StageRecord, progress
             p["patch_after"],
             p["dt"],
             method=method,
+            condition=_optional(p, "condition"),
         )
         return normalise_pairs(train, normaliser), val, normaliser
 
+    condition = _optional(pairs.dataset, "condition")
     hyper = model_hyperparams(
-        "latent_sde", latent_dim=ae.latent_dim, diffusion_mode=exp.sde.diffusion
+        "latent_sde",
+        latent_dim=ae.latent_dim,
+        diffusion_mode=exp.sde.diffusion,
+        **({} if condition is None else {"condition_dim": condition.shape[1]}),
     )
     sdes = {}
     for variant in exp.sde_variants(scale):
@@ -385,6 +391,7 @@ def _evaluate(graph, scale, ae_stage, ae, truth, sdes, normaliser_fn) -> StageRe
         times = np.arange(num_times, dtype=np.float32) * exp.truth.save_every * exp.step_duration
         writer.add("times", times)
         writer.add("truth", z_true)
+        conditions = _optional(truth.dataset, "test_condition")  # (C, k)
         for variant, stage in sdes.items():
             sde, key = load_model(stage.path), _variant_key(exp, scale, variant)
             pred, score = [], []
@@ -395,6 +402,7 @@ def _evaluate(graph, scale, ae_stage, ae, truth, sdes, normaliser_fn) -> StageRe
                     times,
                     jr.fold_in(key, 10 + c),
                     num_substeps=exp.evaluation.rollout_substeps,
+                    condition=None if conditions is None else conditions[c],
                 )
                 pred.append(np.asarray(p, np.float32))
                 true_c = normaliser.normalise(jnp.asarray(z_true[c]))
@@ -405,6 +413,13 @@ def _evaluate(graph, scale, ae_stage, ae, truth, sdes, normaliser_fn) -> StageRe
     config = {"evaluation": exp.evaluation, "variants": list(sdes)}
     upstream = [ae_stage, truth, *sdes.values()]
     return graph.stage(f"{scale.name}_evaluation", "evaluation", config, upstream, build)
+
+
+def _optional(dataset, name: str) -> np.ndarray | None:
+    """``dataset[name]`` as a host array, or None: a condition (e.g. temperature) is optional;
+    an experiment that has one returns it from its hooks as ``condition`` (pairs),
+    ``validation_condition`` and ``test_condition`` (truth), each ``(rows, k)``."""
+    return np.asarray(dataset[name], np.float32) if name in dataset else None
 
 
 # ------------------------------------------------------------------------------ metrics
