@@ -152,11 +152,12 @@ def _count_time(model, spins, key, duration, method):
     duration = jnp.float32(duration)
     if method == "parallel":
         return model._parallel(spins, key, duration, None)
+    from jmacro.geometry import Periodic
     from jmacro.systems import _uniformized
 
     k1, k2 = jr.split(key)
     attempts = _uniformized.num_ticks(k1, duration, spins.size)
-    return model._sequential(spins, k2, None, max_attempts=attempts)
+    return model._sequential(spins, k2, Periodic(), max_attempts=attempts)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 
+from jmacro.geometry import SquareTiling2D
 from jmacro.scale.partial import PartialEvolution, evolve_patch
 from jmacro.scale.upsample import HierarchicalUpsampling, LocalRelax, hierarchical_upsample
 from jmacro.sharding import sharded_vmap
@@ -45,7 +46,7 @@ def main():
     index = jnp.arange(num)
     seconds = {}
     for boundary in ("periodic", "halo"):
-        scheme = PartialEvolution(16, boundary)
+        scheme = PartialEvolution(SquareTiling2D(16), boundary)
         run = sharded_vmap(lambda x, i, s=scheme: evolve_patch(model, x, jr.fold_in(key, i), s))
         seconds[boundary] = sec = steady(run, snapshots, index)
         print(
@@ -74,7 +75,7 @@ def main():
         return jax.lax.scan(step, spins, jr.split(jr.fold_in(key, -i - 1), steps))
 
     sec_small = steady(sharded_vmap(trajectory), jnp.arange(traj))
-    cfg = HierarchicalUpsampling(64, relax=LocalRelax(16, 8), num_random=0)
+    cfg = HierarchicalUpsampling(64, relax=LocalRelax(SquareTiling2D(16, stride=8)), num_random=0)
     small = snapshots[:, :16, :16]
     upsample = sharded_vmap(
         lambda s, i: hierarchical_upsample(model, s[None], jr.fold_in(key, i), cfg)[0]

@@ -8,22 +8,25 @@ import jax.random as jr
 import numpy as np
 import pytest
 
+from jmacro.geometry import Ghosts, Segments1D
 from jmacro.scale import (
-    FieldLocalRelax,
-    apply_field_patch,
-    evolve_field_patch,
-    field_local_relax,
-    field_partial_pairs,
-    field_patch_with_ghosts,
+    HierarchicalUpsampling,
+    Interpolation,
+    LocalRelax,
+    PartialEvolution,
+    apply_patch,
+    evolve_patch,
+    evolve_patches,
+    local_relax,
+    upsample_dataset,
     upsample_field,
-    upsample_fields,
 )
+from jmacro.simulate import trajectories
 from jmacro.systems import (
     PredatorPrey,
     SimulationBlowUpError,
     euler_maruyama_step,
     predator_prey_initial_condition,
-    simulate_ensemble,
 )
 
 A, B = 3.0, 0.4
@@ -211,6 +214,39 @@ def test_parameters_can_be_vmapped():
     assert np.abs(out[1] - x).max() > 1e-2
 
 
+def simulate_ensemble(system, initial, key, num_steps, save_every=1, **kwargs):
+    """Trajectories of the SPDE from host initial fields, one saved state every
+    ``save_every`` time steps."""
+    return trajectories(system, initial, key, num_steps, save_every=save_every, **kwargs)
+
+
+def evolve_field_patch(system, fields, key, num_patches, num_steps=1):
+    """Partial evolution of ONE field: K segments with ghost cells, ``num_steps`` steps."""
+    scheme = PartialEvolution(Segments1D(num_patches), num_events=num_steps)
+    return evolve_patch(system, fields, key, scheme)
+
+
+def field_partial_pairs(system, snapshots, key, num_patches, num_steps=1, **kwargs):
+    scheme = PartialEvolution(Segments1D(num_patches), Ghosts, num_events=num_steps)
+    return evolve_patches(system, snapshots, key, scheme, progress=False, **kwargs)
+
+
+def field_patch_with_ghosts(fields, index, num_patches):
+    patch, ghosts = Segments1D(num_patches).patch_with_boundary(fields, index, Ghosts)
+    return patch, ghosts.values
+
+
+def field_relax(num_steps, window, stride):
+    return LocalRelax(Segments1D(length=window, stride=stride), num_events=num_steps)
+
+
+def upsample_fields(
+    snapshots, num_cells, method="linear", *, relax=None, system=None, key=None, **kwargs
+):
+    cfg = HierarchicalUpsampling(num_cells, None, relax, upsample=Interpolation(method))
+    return upsample_dataset(system, snapshots, key, cfg, progress=False, **kwargs)
+
+
 def test_simulate_ensemble_is_batch_independent():
     """Trajectory b uses fold_in(key, b): batches of 2 give the vmapped system.simulate of the
     whole ensemble; float32 NumPy output of shape (B, S + 1, n, 2)."""
@@ -327,7 +363,7 @@ def test_field_partial_pairs_touch_only_the_chosen_patch():
     np.testing.assert_allclose(out["dt"], 0.02, rtol=1e-6)
     assert set(out["patch_index"].tolist()) == set(range(5))
     for x, patch, i in zip(snapshots, out["patch_after"], out["patch_index"], strict=True):
-        y = np.asarray(apply_field_patch(jnp.asarray(x), i, jnp.asarray(patch)))
+        y = np.asarray(apply_patch(jnp.asarray(x), i, jnp.asarray(patch), Segments1D(5)))
         inside = np.zeros(200, bool)
         inside[i * 40 : (i + 1) * 40] = True
         np.testing.assert_array_equal(x[~inside], y[~inside])
@@ -431,7 +467,7 @@ def test_upsample_fields_driver_and_local_relax():
     plain = upsample_fields(small, 200, batch_size=3)
     np.testing.assert_array_equal(plain[2], np.asarray(upsample(jnp.asarray(small[2]), 200)))
 
-    key, cfg = jr.key(13), FieldLocalRelax(num_steps=3, window=200, stride=10)
+    key, cfg = jr.key(13), field_relax(num_steps=3, window=200, stride=10)
     relaxed = upsample_fields(small, 200, "cubic", relax=cfg, system=system, key=key)
     x2 = upsample(jnp.asarray(small[2]), 200, "cubic")
     k2 = jr.split(jr.fold_in(key, 2), 1)[0]
@@ -447,7 +483,7 @@ def test_upsample_fields_driver_and_local_relax():
         [jnp.tile(jnp.array([0.3, 0.7]), (100, 1)), jnp.tile(jnp.array([0.8, 0.2]), (100, 1))]
     )
     diffusive = PredatorPrey(a=0.0, diffusion=1.0, sigma=0.0, dt=0.2)
-    smooth = jax.jit(lambda x, k: field_local_relax(diffusive, x, k, FieldLocalRelax(20, 40, 20)))(
+    smooth = jax.jit(lambda x, k: local_relax(diffusive, x, k, field_relax(20, 40, 20)))(
         seam, jr.key(14)
     )
     assert np.abs(np.diff(np.asarray(smooth), axis=0)).max() < 0.5 / 4
@@ -460,13 +496,13 @@ def test_upsampling_errors():
     with pytest.raises((ValueError, TypeError), match="method"):
         upsample_fields(small, 200, "quadratic")
     with pytest.raises(ValueError, match="needs the `system`"):
-        upsample_fields(small, 200, relax=FieldLocalRelax())
+        upsample_fields(small, 200, relax=field_relax(1, 40, 20))
     with pytest.raises(ValueError, match="stride 30 must divide"):
         upsample_fields(
-            small, 200, relax=FieldLocalRelax(1, 40, 30), system=PredatorPrey(), key=jr.key(0)
+            small, 200, relax=field_relax(1, 40, 30), system=PredatorPrey(), key=jr.key(0)
         )
     with pytest.raises(ValueError, match="exceeds"):
-        FieldLocalRelax(window=300).num_windows(200)
+        field_relax(1, 300, 20).check(200)
     small[0, 3, 1] = np.inf
     with pytest.raises(ValueError, match="finite"):
         upsample_fields(small, 200)
@@ -505,7 +541,7 @@ def test_bad_inputs_are_rejected_before_simulating():
         simulate_ensemble(system, x[0], jr.key(0), 10)
     with pytest.raises(ValueError, match="multiple of save_every"):
         simulate_ensemble(system, x, jr.key(0), 10, 3)
-    with pytest.raises((ValueError, TypeError), match=r"use jax\.vmap for batches|n 2"):
+    with pytest.raises((ValueError, TypeError), match=r"use jax\.vmap for batches|n s"):
         system.simulate(x, jr.key(0), 10)
     with pytest.raises(ValueError, match="stability limit"):
         PredatorPrey(dt=0.6).simulate(x[0], jr.key(0), 10)

@@ -27,6 +27,7 @@ import jax.random as jr
 import numpy as np
 
 from jmacro._checks import check_positive_int
+from jmacro.geometry import SquareTiling2D
 from jmacro.io.cache import StageCache, StageResult
 from jmacro.scale.partial import PartialEvolution, evolve_patches
 from jmacro.scale.upsample import HierarchicalUpsampling, LocalRelax, upsample_dataset
@@ -92,7 +93,9 @@ class SpinDatasetConfig:
 
     @property
     def partial(self) -> PartialEvolution:
-        return PartialEvolution(self.small_size, self.boundary, duration=self.pair_duration)
+        return PartialEvolution(
+            SquareTiling2D(self.small_size), self.boundary, duration=self.pair_duration
+        )
 
     def make_system(self):
         """The microscopic simulator this config describes."""
@@ -188,7 +191,7 @@ def build_spin_datasets(
     large_key = {
         "small": small.fingerprint,
         "num_large": cfg.num_large,
-        "upsampling": dataclasses.asdict(cfg.upsampling),
+        "upsampling": cfg.upsampling.to_dict(),
         "seed": cfg.seed,
     }
 
@@ -209,7 +212,7 @@ def build_spin_datasets(
 
     pairs_key = {
         "large": large.fingerprint,
-        "partial": dataclasses.asdict(cfg.partial),
+        "partial": cfg.partial.to_dict(),
         "seed": cfg.seed,
     }
 

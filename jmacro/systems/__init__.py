@@ -1,6 +1,14 @@
-"""Microscopic simulators: pure JAX, one configuration per call, no ML imports."""
+"""Microscopic simulators: pure JAX, one configuration per call, no ML imports.
 
-from jmacro.systems.base import AbstractSpinSystem
+The contract (``AbstractSystem``) and its two families: heat-bath spins
+(``AbstractHeatBathSpins``: ``GlauberIsing``, ``CurieWeiss``) and explicitly stepped SPDEs
+(``AbstractSPDE``: ``PredatorPrey``). Host drivers over many trajectories are in
+``jmacro.simulate``; partial evolution and LocalRelax in ``jmacro.scale``.
+"""
+
+from jmacro.systems._base import AbstractSystem, SimulationBlowUpError
+from jmacro.systems._spde import AbstractSPDE, euler_maruyama_step, heun_step
+from jmacro.systems._spins import AbstractHeatBathSpins, random_spins
 from jmacro.systems.curie_weiss import (
     CurieWeiss,
     mean_field_diffusion_sq,
@@ -11,20 +19,15 @@ from jmacro.systems.ising import (
     CRITICAL_TEMPERATURE,
     GlauberIsing,
     onsager_energy_per_site,
-    random_spins,
 )
-from jmacro.systems.predator_prey import (
-    PredatorPrey,
-    SimulationBlowUpError,
-    euler_maruyama_step,
-    heun_step,
-    simulate_ensemble,
-)
+from jmacro.systems.predator_prey import PredatorPrey
 from jmacro.systems.predator_prey import initial_condition as predator_prey_initial_condition
 
 __all__ = [
     "CRITICAL_TEMPERATURE",
-    "AbstractSpinSystem",
+    "AbstractHeatBathSpins",
+    "AbstractSPDE",
+    "AbstractSystem",
     "CurieWeiss",
     "GlauberIsing",
     "PredatorPrey",
@@ -37,5 +40,4 @@ __all__ = [
     "onsager_energy_per_site",
     "predator_prey_initial_condition",
     "random_spins",
-    "simulate_ensemble",
 ]

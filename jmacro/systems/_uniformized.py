@@ -72,7 +72,11 @@ def run_attempts(
             carry, num_flips, num_attempts = inner
             live = (num_flips < max_events) & (num_attempts < max_attempts)
             carry, accepted = attempt_fn(carry, sites[j], uniforms[j], live)
-            return carry, num_flips + accepted, num_attempts + live
+            return (
+                carry,
+                num_flips + accepted.astype(jnp.int32),
+                num_attempts + live.astype(jnp.int32),
+            )
 
         carry, num_flips, num_attempts = jax.lax.fori_loop(
             0, _CHUNK, attempt, (carry, num_flips, num_attempts)

@@ -12,8 +12,9 @@ i.e. the local field is the mean field of the other spins. The lattice geometry 
 states keep the 2D shape only so that patches and images work as for the Ising model.
 
 Partial evolution evolves a subset (a patch) of a larger system while the field is the whole
-system's magnetisation: pass the sum of the spins outside the patch as ``background_sum`` and the
-total number of spins as ``num_total``; the field is updated as the patch's spins flip and is
+system's magnetisation: the patch sees a ``MeanField`` boundary holding the sum of the spins
+outside the patch and the total number of spins N (or, with ``advance_*``, pass them as
+``background_sum`` and ``num_total``); the field is updated as the patch's spins flip and is
 normalised by the large N. With the defaults the patch is the whole system.
 
 Simulation is exact uniformization (see ``jmacro.systems._uniformized``): O(1) work per attempt
@@ -23,26 +24,26 @@ since the running patch sum is carried along.
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
-import jax.random as jr
-import numpy as np
 from jaxtyping import Array, Float, Int8, PRNGKeyArray, Shaped
 
-from jmacro._checks import check_lattice_shape, check_positive_int, check_spins, is_concrete
-from jmacro.systems import _uniformized
-from jmacro.systems.base import AbstractSpinSystem
-from jmacro.systems.ising import _as_param, random_spins
+from jmacro.geometry import AbstractBoundary, MeanField, Periodic
+from jmacro.systems._spins import AbstractHeatBathSpins, as_param
 
 
-class CurieWeiss(AbstractSpinSystem):
+class CurieWeiss(AbstractHeatBathSpins):
     """Mean-field Ising model under continuous-time heat-bath Glauber dynamics.
 
     Attributes:
         temperature: T > 0 (critical temperature T_c = J).
         field: external field h.
         coupling: J.
+
+    Patches (partial evolution, LocalRelax) accept the boundaries ``MeanField`` (the field of
+    the whole large system) and ``Periodic`` (the patch is its own whole system).
 
     Example::
 
@@ -55,25 +56,18 @@ class CurieWeiss(AbstractSpinSystem):
     field: Float[Array, ""]
     coupling: Float[Array, ""]
 
+    boundaries: ClassVar[tuple[type[AbstractBoundary], ...]] = (MeanField, Periodic)
+    min_side: ClassVar[int] = 1
+
     def __init__(self, temperature=1.1, field=0.1, coupling=1.0):
-        self.temperature = _as_param(temperature, "temperature", positive=True)
-        self.field = _as_param(field, "field")
-        self.coupling = _as_param(coupling, "coupling")
-
-    @property
-    def beta(self) -> Float[Array, ""]:
-        """Inverse temperature 1/T."""
-        return 1.0 / self.temperature
-
-    def init_state(
-        self, key: PRNGKeyArray, shape: tuple[int, int], magnetisation: float | Array = 0.0
-    ) -> Int8[Array, "H W"]:
-        """Independent random spins with mean ``magnetisation``; shape ``(H, W)``."""
-        return random_spins(key, check_lattice_shape(shape, min_side=1), magnetisation)
+        self.temperature = as_param(temperature, "temperature", positive=True)
+        self.field = as_param(field, "field")
+        self.coupling = as_param(coupling, "coupling")
 
     def flip_rate(self, spin, total_sum, num_total) -> Float[Array, "..."]:
         """Heat-bath rate of flipping ``spin`` when the whole system's spin sum is ``total_sum``."""
         spin = jnp.asarray(spin, jnp.float32)
+        total_sum = jnp.asarray(total_sum, jnp.float32)
         local_field = self.coupling * (total_sum - spin) / num_total + self.field
         return jax.nn.sigmoid(-2.0 * self.beta * spin * local_field)
 
@@ -93,17 +87,13 @@ class CurieWeiss(AbstractSpinSystem):
             num_events: number of flips, positive (may be traced); default ``spins.size``.
             background_sum: sum of the frozen spins outside ``spins`` (partial evolution).
             num_total: total number of spins N; default ``spins.size``.
+                Same as ``patch_events(spins, key, num_events, MeanField(background_sum, N))``.
 
         Returns:
             ``(spins, dt)`` with ``dt`` the elapsed continuous time (``inf`` if more than 10^4
             attempts per flip were needed).
         """
-        spins, num_total = self._check(spins, num_total)
-
-        def run(key, **stop):
-            return self._sequential(spins, key, background_sum, num_total, **stop)
-
-        return _uniformized.advance_events(run, key, num_events, spins.size)
+        return self.patch_events(spins, key, num_events, _field(spins, background_sum, num_total))
 
     def advance_time(
         self,
@@ -114,32 +104,15 @@ class CurieWeiss(AbstractSpinSystem):
         num_total: int | None = None,
     ) -> Int8[Array, "H W"]:
         """Advance the given spins by a continuous-time interval ``duration`` >= 0."""
-        spins, num_total = self._check(spins, num_total)
-        if is_concrete(duration) and not np.all(np.asarray(duration) >= 0):
-            raise ValueError(f"duration must be >= 0, got {duration!r}.")
-        key_count, key_run = jr.split(key)
-        attempts = _uniformized.num_ticks(key_count, jnp.asarray(duration, jnp.float32), spins.size)
-        return self._sequential(spins, key_run, background_sum, num_total, max_attempts=attempts)[0]
+        boundary = _field(spins, background_sum, num_total)
+        return self.patch_step(spins, key, duration, boundary)[0]
 
-    def _check(self, spins, num_total):
-        check_spins(spins)
-        if spins.ndim != 2:
-            raise ValueError(
-                f"spins must be one 2D array, got shape {spins.shape}; use jax.vmap for batches."
-            )
-        if num_total is None:
-            num_total = spins.size
-        else:
-            num_total = check_positive_int(num_total, "num_total")
-            if num_total < spins.size:
-                raise ValueError(
-                    f"num_total={num_total} is smaller than the number of "
-                    f"evolving spins {spins.size}."
-                )
-        return spins.astype(jnp.int8), num_total
-
-    def _sequential(self, spins, key, background_sum, num_total, **stop):
+    def _process(self, spins, boundary):
         shape = spins.shape
+        if isinstance(boundary, MeanField):
+            background_sum, num_total = boundary.background_sum, boundary.num_total
+        else:
+            background_sum, num_total = 0, spins.size
         flat = spins.reshape(-1)
         total = flat.astype(jnp.int32).sum() + jnp.asarray(background_sum, jnp.int32)
 
@@ -151,10 +124,14 @@ class CurieWeiss(AbstractSpinSystem):
             total = total - 2 * accepted * s_k.astype(jnp.int32)
             return (flat, total), accepted
 
-        (flat, _), num_flips, num_attempts = _uniformized.run_attempts(
-            (flat, total), key, flat.size, attempt, **stop
-        )
-        return flat.reshape(shape), num_flips, num_attempts
+        def finish(carry):
+            return carry[0].reshape(shape)
+
+        return (flat, total), attempt, finish
+
+
+def _field(spins, background_sum, num_total) -> MeanField:
+    return MeanField(background_sum, spins.size if num_total is None else num_total)
 
 
 def mean_field_magnetisation(temperature: float, field: float, coupling: float = 1.0) -> float:

@@ -12,7 +12,8 @@ with beta = 1/T. Time is in units of the single-spin clock (w_i <= 1; one unit o
 Monte Carlo sweep). Two exact simulation algorithms are provided:
 
 - ``advance_events`` / ``advance_time(method="sequential")`` (default): uniformization, O(1)
-  work per attempt (see ``jmacro.systems._uniformized``);
+  work per attempt (see ``jmacro.systems._uniformized``; the drivers are shared with every
+  heat-bath spin system in ``jmacro.systems._spins``);
 - ``advance_time(method="parallel")``: the conservative asynchronous parallel
   algorithm of Lubachevsky (1988; Korniss et al., PRL 84, 1351 (2000)). Each site owns a rate-1
   Poisson clock with local time tau_i. A site may execute its pending attempt as soon as its
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -44,16 +46,13 @@ import numpy as np
 from jaxtyping import Array, Float, Int8, PRNGKeyArray, Shaped
 
 from jmacro import lattice
-from jmacro._checks import (
-    check_finite_array,
-    check_lattice_shape,
-    check_positive_array,
-    check_positive_int,
-    check_spins,
-    is_concrete,
+from jmacro._checks import check_positive_int, is_concrete
+from jmacro.geometry import AbstractBoundary, FrozenHalo, Periodic
+from jmacro.systems._spins import (
+    AbstractHeatBathSpins,
+    as_param,
+    check_duration,
 )
-from jmacro.systems import _uniformized
-from jmacro.systems.base import AbstractSpinSystem
 
 # Waves executed between two checks of the parallel algorithm's stopping condition.
 _WAVES_PER_CHECK = 8
@@ -61,27 +60,16 @@ _WAVES_PER_CHECK = 8
 _V_MAX = 1.0 - 2.0**-24
 
 
-def random_spins(
-    key: PRNGKeyArray, shape: tuple[int, int], magnetisation: float | Array = 0.0
-) -> Int8[Array, "H W"]:
-    """Independent spins with P(s = +1) = (1 + m) / 2, so E[mean spin] = m; int8 -1/+1."""
-    shape = check_lattice_shape(shape, min_side=1)
-    p_up = (1.0 + jnp.asarray(magnetisation, jnp.float32)) / 2.0
-    return jnp.where(jr.uniform(key, shape) < p_up, 1, -1).astype(jnp.int8)
-
-
-def _as_param(value, name: str, positive: bool = False) -> Float[Array, ""]:
-    value = check_positive_array(value, name) if positive else check_finite_array(value, name)
-    return jnp.asarray(value, jnp.float32)
-
-
-class GlauberIsing(AbstractSpinSystem):
+class GlauberIsing(AbstractHeatBathSpins):
     """The 2D Ising model under continuous-time heat-bath Glauber dynamics.
 
     Attributes:
         temperature: T > 0 (k_B = 1). Scalar array: ``jax.vmap`` over it to scan temperatures.
         field: external field h.
         coupling: J (J > 0 ferromagnetic).
+
+    Patches (partial evolution, LocalRelax) accept the boundaries ``Periodic`` (an isolated
+    periodic patch) and ``FrozenHalo`` (the patch's real neighbours, frozen).
 
     Example::
 
@@ -94,21 +82,13 @@ class GlauberIsing(AbstractSpinSystem):
     field: Float[Array, ""]
     coupling: Float[Array, ""]
 
+    boundaries: ClassVar[tuple[type[AbstractBoundary], ...]] = (Periodic, FrozenHalo)
+    min_side: ClassVar[int] = 2
+
     def __init__(self, temperature=2.5, field=0.0, coupling=1.0):
-        self.temperature = _as_param(temperature, "temperature", positive=True)
-        self.field = _as_param(field, "field")
-        self.coupling = _as_param(coupling, "coupling")
-
-    @property
-    def beta(self) -> Float[Array, ""]:
-        """Inverse temperature 1/T."""
-        return 1.0 / self.temperature
-
-    def init_state(
-        self, key: PRNGKeyArray, shape: tuple[int, int], magnetisation: float | Array = 0.0
-    ) -> Int8[Array, "H W"]:
-        """Independent random spins with mean ``magnetisation``; shape ``(H, W)``, H, W >= 2."""
-        return random_spins(key, check_lattice_shape(shape), magnetisation)
+        self.temperature = as_param(temperature, "temperature", positive=True)
+        self.field = as_param(field, "field")
+        self.coupling = as_param(coupling, "coupling")
 
     def flip_rate(self, spin: Array, neighbour_sum: Array) -> Float[Array, "..."]:
         """Heat-bath rate 1 / (1 + exp(beta dE)), dE = 2 s (J * neighbour_sum + h)."""
@@ -137,6 +117,7 @@ class GlauberIsing(AbstractSpinSystem):
             num_events: number of flips, a positive integer (may be traced).
             halo: optional ``(H+2, W+2)`` array whose outer ring holds frozen neighbours of the
                 patch ``spins`` (its interior is ignored); the patch is then not periodic.
+                Same as ``patch_events(spins, key, num_events, FrozenHalo(halo))``.
 
         Returns:
             ``(spins, dt)``: the new ``(H, W)`` state and the elapsed continuous time, a sample
@@ -144,12 +125,7 @@ class GlauberIsing(AbstractSpinSystem):
             small that more than 10^4 attempts per flip were needed (a frozen state: use
             ``advance_time``).
         """
-        spins = self._check(spins, halo)
-
-        def run(key, **stop):
-            return self._sequential(spins, key, halo, **stop)
-
-        return _uniformized.advance_events(run, key, num_events, spins.size)
+        return self.patch_events(spins, key, num_events, _boundary(halo))
 
     def advance_time(
         self,
@@ -173,38 +149,18 @@ class GlauberIsing(AbstractSpinSystem):
         Returns:
             The ``(H, W)`` state at time ``duration``.
         """
-        spins = self._check(spins, halo)
-        if is_concrete(duration) and not np.all(np.asarray(duration) >= 0):
-            raise ValueError(f"duration must be >= 0, got {duration!r}.")
-        duration = jnp.asarray(duration, jnp.float32)
+        boundary = _boundary(halo)
+        spins = self._check(spins, boundary)
+        duration = check_duration(duration)
         if method == "sequential":
-            key_count, key_run = jr.split(key)
-            attempts = _uniformized.num_ticks(key_count, duration, spins.size)
-            return self._sequential(spins, key_run, halo, max_attempts=attempts)[0]
+            return self._run_for(spins, key, duration, boundary)
         if method == "parallel":
             return self._parallel(spins, key, duration, halo)[0]
         raise ValueError(f"method must be 'parallel' or 'sequential', got {method!r}.")
 
-    def _check(self, spins, halo):
-        check_spins(spins)
-        if spins.ndim != 2:
-            raise ValueError(
-                f"spins must be one (H, W) lattice, got shape {spins.shape}; "
-                "use jax.vmap for batches."
-            )
-        check_lattice_shape(spins.shape)
-        if halo is not None:
-            expected = (spins.shape[0] + 2, spins.shape[1] + 2)
-            if halo.shape != expected:
-                raise ValueError(
-                    f"halo must have shape {expected} for spins of shape "
-                    f"{spins.shape}, got {halo.shape}."
-                )
-            check_spins(halo, "halo")
-        return spins.astype(jnp.int8)
-
-    def _sequential(self, spins, key, halo, **stop):
+    def _process(self, spins, boundary):
         shape = spins.shape
+        halo = boundary.values if isinstance(boundary, FrozenHalo) else None
         neighbours = jnp.asarray(lattice.neighbour_table(shape, halo is not None))
         if halo is None:
             state = spins.reshape(-1)
@@ -220,12 +176,12 @@ class GlauberIsing(AbstractSpinSystem):
             accepted = live & (u < rate)
             return state.at[i].set(jnp.where(accepted, -s_i, s_i)), accepted
 
-        state, num_flips, num_attempts = _uniformized.run_attempts(
-            state, key, spins.size, attempt, **stop
-        )
-        if halo is not None:
-            state = state.reshape(shape[0] + 2, shape[1] + 2)[1:-1, 1:-1]
-        return state.reshape(shape), num_flips, num_attempts
+        def finish(state):
+            if halo is not None:
+                state = state.reshape(shape[0] + 2, shape[1] + 2)[1:-1, 1:-1]
+            return state.reshape(shape)
+
+        return state, attempt, finish
 
     def _parallel(self, spins, key, duration, halo):
         shape = spins.shape
@@ -293,7 +249,7 @@ class GlauberIsing(AbstractSpinSystem):
         Returns:
             The ``(H, W)`` state after ``num_sweeps`` full sweeps.
         """
-        spins = self._check(spins, None)
+        spins = self._check(spins, Periodic())
         height, width = spins.shape
         if height % 2 or width % 2:
             raise ValueError(
@@ -316,6 +272,10 @@ class GlauberIsing(AbstractSpinSystem):
 
         spins, _ = jax.lax.scan(sweep, spins, jr.split(key, num_sweeps))
         return spins
+
+
+def _boundary(halo) -> AbstractBoundary:
+    return Periodic() if halo is None else FrozenHalo(halo)
 
 
 @functools.lru_cache(maxsize=64)

@@ -19,85 +19,36 @@ Two scalings of the Laplacian and the noise (``PredatorPrey.scaling``):
   refining n approximates one continuum SPDE. Explicit time stepping then needs
   dt <= dx^2 / (2 max(1, D)): about 1.2e-5 at n = 200.
 
-Time stepping: Euler-Maruyama (default, the reference) or the stochastic Heun scheme
-(predictor-corrector, deterministic order 2; for this additive noise it converges to the Itô
-solution). Noise is independent across cells, species and steps.
+Time stepping (``jmacro.systems._spde``, which knows no equation): Euler-Maruyama (default,
+the reference) or the stochastic Heun scheme (predictor-corrector, deterministic order 2; for
+this additive noise it converges to the Itô solution). Noise is independent across cells,
+species and steps. This file holds the physics: drift, noise amplitude, stability limit and the
+reference initial condition.
 
 Boundaries for patches: ``drift``/``step`` take optional ``ghosts``, a ``(2, 2)`` array whose
 row 0 holds the (frozen) values beyond the left end and row 1 those beyond the right end, per
 species, and ``neumann``, a ``(2,)`` bool array: True for a side that replicates the evolving
 field's own current edge cell instead (a physical end). ``ghosts=None`` means Neumann on both
-sides. Partial evolution (``jmacro.scale.fields``) uses frozen neighbours inside the lattice and
-Neumann at the physical ends.
+sides. Partial evolution (``jmacro.scale.partial`` with ``jmacro.geometry.Segments1D``) passes a
+``Ghosts`` boundary: frozen neighbours inside the line and Neumann at the physical ends.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Literal
+from typing import ClassVar, Literal
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
-import jax.random as jr
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray
 
-from jmacro._checks import check_positive_int, is_concrete
+from jmacro._checks import is_concrete
+from jmacro.geometry import cell_centres
+from jmacro.systems._spde import AbstractSPDE, laplacian_padded, pad_fields
 
 Scaling = Literal["lattice", "physical"]
 Method = Literal["euler_maruyama", "heun"]
 NUM_SPECIES = 2
-
-
-class SimulationBlowUpError(RuntimeError):
-    """A simulated field became non-finite (NaN or inf): the time step is too large for the
-    parameters, or the initial condition is far outside the stable range."""
-
-
-# ---------------------------------------------------------------------------------- schemes
-def euler_maruyama_step(
-    drift_fn: Callable[[Array], Array],
-    diffusion_fn: Callable[[Array], Array],
-    x: Float[Array, "*shape"],
-    dt: float | Float[ArrayLike, ""],
-    dw: Float[Array, "*shape"],
-) -> Float[Array, "*shape"]:
-    """One Euler-Maruyama step of the Itô SDE dx = f(x) dt + g(x) dW with diagonal noise.
-
-    x_{t+dt} = x + f(x) dt + g(x) * dw, where ``dw`` holds the Brownian increments over the
-    step (independent N(0, dt) entries, the shape of ``x``) and ``g(x)`` is elementwise (any
-    shape that broadcasts against ``x``). Strong order 1/2 for multiplicative noise, 1 for
-    additive noise (g constant).
-    """
-    return x + drift_fn(x) * dt + diffusion_fn(x) * dw
-
-
-def heun_step(
-    drift_fn: Callable[[Array], Array],
-    diffusion_fn: Callable[[Array], Array],
-    x: Float[Array, "*shape"],
-    dt: float | Float[ArrayLike, ""],
-    dw: Float[Array, "*shape"],
-) -> Float[Array, "*shape"]:
-    """One stochastic Heun step (predictor-corrector, Stratonovich sense).
-
-    x~ = x + f(x) dt + g(x) dw;   x_{t+dt} = x + (f(x) + f(x~)) dt / 2 + (g(x) + g(x~)) dw / 2.
-    For additive noise (g constant) Itô and Stratonovich coincide; the deterministic part is
-    then second order and the strong order is 1.
-    """
-    drift, noise = drift_fn(x), diffusion_fn(x)
-    predicted = x + drift * dt + noise * dw
-    return (
-        x + 0.5 * (drift + drift_fn(predicted)) * dt + 0.5 * (noise + diffusion_fn(predicted)) * dw
-    )
-
-
-# ---------------------------------------------------------------------------------- helpers
-def cell_centres(num_cells: int) -> Float[Array, " n"]:
-    """x_i = (i + 1/2) / n, the centres of the n cells of (0, 1)."""
-    num_cells = check_positive_int(num_cells, "num_cells")
-    return (jnp.arange(num_cells, dtype=jnp.float32) + 0.5) / num_cells
 
 
 def initial_condition(
@@ -114,62 +65,6 @@ def initial_condition(
     return jnp.stack([m + wave, (1.0 - m) - wave], axis=-1)
 
 
-def pad_fields(
-    fields: Float[Array, "n 2"],
-    ghosts: Float[Array, "2 2"] | None = None,
-    neumann: Bool[ArrayLike, "2"] | None = None,
-) -> Float[Array, "n+2 2"]:
-    """The ``(n + 2, 2)`` array of ``fields`` with one ghost cell on each side.
-
-    Args:
-        fields: ``(n, 2)`` cells x species.
-        ghosts: ``(2, 2)``: row 0 the values beyond the left end, row 1 beyond the right end.
-            ``None``: Neumann (replicate the edge cells) on both sides.
-        neumann: optional ``(2,)`` bool (may be traced): True for a side that replicates the
-            edge cell of ``fields`` instead of using ``ghosts`` (a physical end of a patch).
-            Ignored when ``ghosts`` is None.
-    """
-    left, right = fields[:1], fields[-1:]
-    if ghosts is not None:
-        if neumann is None:
-            left, right = ghosts[:1], ghosts[1:]
-        else:
-            neumann = jnp.asarray(neumann, bool)
-            left = jnp.where(neumann[0], left, ghosts[:1])
-            right = jnp.where(neumann[1], right, ghosts[1:])
-    return jnp.concatenate([left, fields, right], axis=0)
-
-
-def laplacian_padded(padded: Float[Array, "p 2"]) -> Float[Array, "p-2 2"]:
-    """3-point stencil f_{i-1} - 2 f_i + f_{i+1} on the interior of a padded array (no 1/dx^2).
-
-    For a spatially uniform field the result is exactly 0 in floating point."""
-    return padded[:-2] - 2.0 * padded[1:-1] + padded[2:]
-
-
-def _describe_nonfinite(arr: np.ndarray) -> str:
-    bad = ~np.isfinite(arr)
-    first = tuple(int(i) for i in np.argwhere(bad)[0])
-    return f"{int(bad.sum())} non-finite entries (first at index {first}: {arr[first]!r})"
-
-
-def check_fields(fields, name: str = "fields", batched: bool = False) -> None:
-    """Raise ``ValueError`` unless ``fields`` has shape ``(n, 2)`` (``(B, n, 2)`` if
-    ``batched``) with n >= 1 and, when concrete, only finite entries."""
-    shape = tuple(np.shape(fields))
-    ndim = 3 if batched else 2
-    expected = "(B, n, 2)" if batched else "(n, 2)"
-    if len(shape) != ndim or shape[-1] != NUM_SPECIES or shape[-2] < 1 or 0 in shape:
-        hint = "" if batched else " (use jax.vmap for batches)"
-        raise ValueError(
-            f"{name} must have shape {expected} (cells x species u, v), got {shape}{hint}."
-        )
-    if is_concrete(fields):
-        arr = np.asarray(fields)
-        if not np.all(np.isfinite(arr)):
-            raise ValueError(f"{name} must be finite: {_describe_nonfinite(arr)}.")
-
-
 def _as_param(value, name: str, minimum: float | None = None, strict: bool = False):
     if is_concrete(value):
         arr = np.asarray(value)
@@ -182,7 +77,7 @@ def _as_param(value, name: str, minimum: float | None = None, strict: bool = Fal
 
 
 # ---------------------------------------------------------------------------------- system
-class PredatorPrey(eqx.Module):
+class PredatorPrey(AbstractSPDE):
     """The stochastic predator-prey SPDE on one 1D field ``(n, 2)`` (see the module docstring).
 
     du = [u (1 - u - v) + D lap(u)] dt + sigma dW_u,   dv = [a v (u - b) + lap(v)] dt + sigma dW_v
@@ -203,7 +98,7 @@ class PredatorPrey(eqx.Module):
         system = PredatorPrey()
         x0 = initial_condition(200, k=0.1, m=0.5)
         path = jax.jit(lambda x, k: system.simulate(x, k, 3000, 10))(x0, jr.key(0))
-        # (301, 200, 2); many trajectories: jax.vmap, or simulate_ensemble on the host.
+        # (301, 200, 2); many trajectories: jax.vmap, or jmacro.simulate.trajectories.
     """
 
     a: Float[Array, ""]
@@ -213,6 +108,7 @@ class PredatorPrey(eqx.Module):
     dt: Float[Array, ""]
     scaling: str = eqx.field(static=True)
     method: str = eqx.field(static=True)
+    num_species: ClassVar[int] = NUM_SPECIES
 
     def __init__(
         self,
@@ -275,111 +171,18 @@ class PredatorPrey(eqx.Module):
             return self.sigma / jnp.sqrt(1.0 / num_cells if dx is None else dx)
         return self.sigma
 
-    def step_with_increment(
+    def init_state(
         self,
-        fields: Float[Array, "n 2"],
-        dw: Float[Array, "n 2"],
-        ghosts: Float[Array, "2 2"] | None = None,
-        *,
-        neumann: Bool[ArrayLike, "2"] | None = None,
-        dx: float | Float[ArrayLike, ""] | None = None,
-    ) -> Float[Array, "n 2"]:
-        """One step given the Brownian increments ``dw`` (entries N(0, dt)), ``(n, 2)``.
-
-        Euler-Maruyama: x + drift(x) dt + g dw with g = ``noise_scale``; or stochastic Heun.
-        The boundary values (``ghosts``, ``neumann``) hold for the whole step. Use this to
-        drive several time steps with one Brownian path (convergence tests).
-        """
-        scale = self.noise_scale(fields.shape[0], dx)
-        scheme = euler_maruyama_step if self.method == "euler_maruyama" else heun_step
-        return scheme(
-            lambda x: self.drift(x, ghosts, neumann=neumann, dx=dx),
-            lambda x: scale,
-            fields,
-            self.dt,
-            dw,
-        )
-
-    def step(
-        self,
-        fields: Float[Array, "n 2"],
         key: PRNGKeyArray,
-        ghosts: Float[Array, "2 2"] | None = None,
-        *,
-        neumann: Bool[ArrayLike, "2"] | None = None,
-        dx: float | Float[ArrayLike, ""] | None = None,
+        shape: int | tuple[int, ...],
+        k: float | Float[ArrayLike, ""] = 0.1,
+        m: float | Float[ArrayLike, ""] = 0.5,
     ) -> Float[Array, "n 2"]:
-        """One time step of length ``dt`` of ONE ``(n, 2)`` field; returns ``(n, 2)``.
-
-        The increments are dw = sqrt(dt) ``jr.normal(key, (n, 2))``: independent across cells
-        and species. See ``step_with_increment`` for the update rule.
-        """
-        dw = jnp.sqrt(self.dt) * jr.normal(key, fields.shape, jnp.float32)
-        return self.step_with_increment(fields, dw, ghosts, neumann=neumann, dx=dx)
-
-    def advance(
-        self,
-        fields: Float[Array, "n 2"],
-        key: PRNGKeyArray,
-        num_steps: int,
-        ghosts: Float[Array, "2 2"] | None = None,
-        *,
-        neumann: Bool[ArrayLike, "2"] | None = None,
-        dx: float | Float[ArrayLike, ""] | None = None,
-    ) -> Float[Array, "n 2"]:
-        """``num_steps`` steps with fixed boundary values; returns the final ``(n, 2)`` field.
-
-        Step t uses the key ``jr.split(key, num_steps)[t]`` (the same keys as ``simulate``).
-        """
-        num_steps = check_positive_int(num_steps, "num_steps")
-
-        def body(x, k):
-            return self.step(x, k, ghosts, neumann=neumann, dx=dx), None
-
-        return jax.lax.scan(body, fields, jr.split(key, num_steps))[0]
-
-    def simulate(
-        self,
-        fields: Float[ArrayLike, "n 2"],
-        key: PRNGKeyArray,
-        num_steps: int,
-        save_every: int = 1,
-    ) -> Float[Array, "s n 2"]:
-        """A trajectory of ONE field with Neumann boundaries, saved every ``save_every`` steps.
-
-        Step t (0-based) uses the key ``jr.split(key, num_steps)[t]``.
-
-        Args:
-            fields: ``(n, 2)`` initial state.
-            key: PRNG key.
-            num_steps: number of time steps (a Python int); must be a multiple of
-                ``save_every``.
-            save_every: save one state every this many steps.
-
-        Returns:
-            ``(num_steps // save_every + 1, n, 2)``: row 0 is the initial state, row s the
-            state at time s * save_every * dt.
-        """
-        check_fields(fields)
-        num_steps = check_positive_int(num_steps, "num_steps")
-        save_every = check_positive_int(save_every, "save_every")
-        if num_steps % save_every:
-            raise ValueError(
-                f"num_steps ({num_steps}) must be a multiple of save_every ({save_every})."
-            )
-        self.check_stability(fields.shape[0])
-        keys = jr.split(key, num_steps).reshape(num_steps // save_every, save_every)
-
-        def inner(x, k):
-            return self.step(x, k), None
-
-        def outer(x, ks):
-            x = jax.lax.scan(inner, x, ks)[0]
-            return x, x
-
-        fields = jnp.asarray(fields, jnp.float32)
-        _, saved = jax.lax.scan(outer, fields, keys)
-        return jnp.concatenate([fields[None], saved], axis=0)
+        """The reference initial condition on ``shape = n`` (or ``(n, 2)``) cells; ``key`` is
+        unused (the initial condition is deterministic)."""
+        del key
+        num_cells = shape if isinstance(shape, int) else shape[0]
+        return initial_condition(num_cells, k, m)
 
     def max_stable_dt(self, num_cells: int) -> float:
         """Largest dt for which explicit stepping of the diffusion part is stable.
@@ -406,98 +209,11 @@ class PredatorPrey(eqx.Module):
             )
 
 
-# ---------------------------------------------------------------------------------- driver
-def simulate_ensemble(
-    system: PredatorPrey,
-    initial: Float[ArrayLike, "B n 2"],
-    key: PRNGKeyArray,
-    num_steps: int,
-    save_every: int = 1,
-    *,
-    batch_size: int = 256,
-    progress: bool = False,
-) -> np.ndarray:
-    """Simulate many trajectories on the host, in jitted vmapped batches.
-
-    Trajectory b uses the key ``jr.fold_in(key, b)`` and ``system.simulate``, so the result
-    does not depend on ``batch_size`` or on the number of devices (the batch axis is sharded
-    over all local devices).
-
-    Args:
-        system: the SPDE.
-        initial: ``(B, n, 2)`` finite initial fields.
-        key: PRNG key.
-        num_steps, save_every: as in ``PredatorPrey.simulate``.
-        batch_size: trajectories per compiled call (memory: batch_size (S+1) n 2 floats).
-        progress: show a tqdm progress bar.
-
-    Returns:
-        float32 NumPy array ``(B, num_steps // save_every + 1, n, 2)``.
-
-    Raises:
-        ValueError: bad shapes or arguments, non-finite initial fields, unstable dt.
-        SimulationBlowUpError: a trajectory became non-finite; the message names the first
-            such trajectory, its first non-finite saved step and the time.
-    """
-    from jmacro.sharding import map_in_batches
-
-    check_fields(initial, "initial", batched=True)
-    num_steps = check_positive_int(num_steps, "num_steps")
-    save_every = check_positive_int(save_every, "save_every")
-    batch_size = check_positive_int(batch_size, "batch_size")
-    if num_steps % save_every:
-        raise ValueError(
-            f"num_steps ({num_steps}) must be a multiple of save_every ({save_every})."
-        )
-    num, num_cells = initial.shape[0], initial.shape[1]
-    system.check_stability(num_cells)
-
-    def one(x, index):
-        return system.simulate(x, jr.fold_in(key, index), num_steps, save_every)
-
-    return map_in_batches(
-        one,
-        num,
-        initial,
-        batch_size=batch_size,
-        dtype=jnp.float32,
-        desc="predator-prey",
-        unit="traj",
-        progress=progress,
-        check=lambda paths, start: check_trajectories_finite(paths, system, save_every, start),
-    )
-
-
-def check_trajectories_finite(
-    paths: np.ndarray, system: PredatorPrey, save_every: int = 1, offset: int = 0
-) -> None:
-    """Raise ``SimulationBlowUpError`` if any of the ``(B, S+1, n, 2)`` paths is non-finite,
-    naming the first bad trajectory (index + ``offset``), saved step and time."""
-    finite = np.isfinite(paths).all(axis=(2, 3))
-    if finite.all():
-        return
-    traj = int(np.argmin(finite.all(axis=1)))
-    saved = int(np.argmin(finite[traj]))
-    dt = float(np.max(np.asarray(system.dt)))
-    steps = saved * save_every
-    raise SimulationBlowUpError(
-        f"trajectory {traj + offset} blew up: its first non-finite saved step is {saved} "
-        f"(after {steps} time steps, t = {steps * dt:.6g}; {int((~finite).any(axis=1).sum())} "
-        f"of {len(paths)} trajectories in this batch are non-finite). Reduce dt "
-        f"(now {dt:g}) or check the initial condition and parameters."
-    )
-
-
 __all__ = [
+    "NUM_SPECIES",
     "PredatorPrey",
-    "SimulationBlowUpError",
     "cell_centres",
-    "check_fields",
-    "check_trajectories_finite",
-    "euler_maruyama_step",
-    "heun_step",
     "initial_condition",
     "laplacian_padded",
     "pad_fields",
-    "simulate_ensemble",
 ]
