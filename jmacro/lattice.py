@@ -3,7 +3,8 @@
 Every function here acts on ONE lattice of shape ``(H, W)`` (batch with ``jax.vmap``). The
 lattice is periodic unless a frozen halo is given explicitly: a halo is the ring of sites
 around a patch, stored as a padded array of shape ``(H + 2, W + 2)`` whose border is read but
-never written.
+never written. Partial evolution and LocalRelax cut patches and windows through the tilings of
+``jmacro.geometry`` (``SquareTiling2D`` uses the patch order of ``tile``).
 """
 
 from __future__ import annotations
@@ -173,21 +174,3 @@ def insert_patch(
     ph, pw = check_patch_size(x.shape, values.shape)
     row, col = patch_origin(x.shape, (ph, pw), index)
     return jax.lax.dynamic_update_slice(x, values.astype(x.dtype), (row, col))
-
-
-def tile_with_halo(
-    x: Shaped[Array, "H W"], patch: int | tuple[int, int], halo: int = 1
-) -> Shaped[Array, "K hh ww"]:
-    """All K patches of a periodic lattice, each with ``halo`` rings of its real neighbours.
-
-    One periodic pad of the lattice, then one ``dynamic_slice`` per patch: O(n + K (l+2h)^2).
-    Patch order as in ``tile``.
-    """
-    ph, pw = check_patch_size(x.shape, patch)
-    padded = jnp.pad(x, halo, mode="wrap")
-    rows, cols = np.divmod(np.arange(num_patches(x.shape, (ph, pw))), x.shape[1] // pw)
-
-    def one(row, col):
-        return jax.lax.dynamic_slice(padded, (row * ph, col * pw), (ph + 2 * halo, pw + 2 * halo))
-
-    return jax.vmap(one)(jnp.asarray(rows), jnp.asarray(cols))

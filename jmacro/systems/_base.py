@@ -18,7 +18,6 @@ import abc
 from typing import Any
 
 import equinox as eqx
-import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray, Shaped
 
 from jmacro.geometry import AbstractBoundary
@@ -123,8 +122,3 @@ class AbstractSystem(eqx.Module):
                 f"it supports {supported}. Choose one of those in the PartialEvolution or "
                 "LocalRelax settings."
             )
-
-
-def as_duration(duration) -> Float[Array, ""]:
-    """A duration as the float32 scalar returned as ``dt`` by fixed-time patch steps."""
-    return jnp.asarray(duration, jnp.float32)

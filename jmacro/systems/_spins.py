@@ -33,7 +33,7 @@ from jmacro._checks import (
 )
 from jmacro.geometry import AbstractBoundary, FrozenHalo, Periodic
 from jmacro.systems import _uniformized
-from jmacro.systems._base import AbstractSystem, as_duration
+from jmacro.systems._base import AbstractSystem
 
 
 def random_spins(
@@ -115,7 +115,8 @@ class AbstractHeatBathSpins(AbstractSystem):
     ) -> tuple[Int8[Array, "h w"], Float[Array, ""]]:
         """The patch after the time ``duration`` seeing ``boundary``; ``(patch, duration)``."""
         spins = self._check(patch, boundary)
-        return self._run_for(spins, key, duration, boundary), as_duration(duration)
+        duration = check_duration(duration)
+        return self._run_for(spins, key, duration, boundary), duration
 
     def patch_events(
         self,
