@@ -17,7 +17,6 @@ import dataclasses
 from typing import ClassVar
 
 import jax
-import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
@@ -25,9 +24,14 @@ from jmacro.geometry import SquareTiling2D
 from jmacro.metrics import relative_squared_error
 from jmacro.models import model_hyperparams
 from jmacro.pipelines.base import AbstractExperiment, Scale, param
-from jmacro.scale.partial import PartialEvolution, evolve_patches
-from jmacro.scale.upsample import HierarchicalUpsampling, LocalRelax, upsample_dataset
-from jmacro.sharding import map_in_batches
+from jmacro.scale import (
+    HierarchicalUpsampling,
+    LocalRelax,
+    PartialEvolution,
+    evolve_patches,
+    upsample_dataset,
+)
+from jmacro.simulate import random_trajectories, trajectories
 
 # REFERENCE.md section 3, at L = 64: the reference implementation's test error per n_s.
 REFERENCE_TEST_ERROR = {
@@ -120,14 +124,15 @@ class AbstractSpinExperiment(AbstractExperiment):
         )
 
     def small_data(self, system, scale, key, progress):
-        step_time = None if self.pair_events else self.step_time
-        return small_trajectories(
+        # m0 ~ U(-1, 1); a step is step_time sweeps, or l^2 flips with pair_events
+        return random_trajectories(
             system,
             key,
             self.small.num_trajectories,
+            (scale.small_size,) * 2,
             self.small.num_steps,
-            scale.small_size,
-            step_time=step_time,
+            initial_condition=lambda k: {"magnetisation": jr.uniform(k, minval=-1.0, maxval=1.0)},
+            step_duration=None if self.pair_events else self.step_time,
             progress=progress,
         )
 
@@ -145,14 +150,22 @@ class AbstractSpinExperiment(AbstractExperiment):
         init = initial_states(
             system, jr.fold_in(key, 0), self.test_magnetisations, truth.num_test_runs, side
         )
-        test = simulate_runs(system, jr.fold_in(key, 1), init, truth.test_steps, self.step_time)
+        test = trajectories(
+            system,
+            init,
+            jr.fold_in(key, 1),
+            truth.test_steps,
+            self.step_time,
+            save_every=truth.save_every,
+            progress=progress,
+        )
         test = test.reshape(len(self.test_magnetisations), truth.num_test_runs, *test.shape[1:])
         m0 = np.linspace(-0.9, 0.9, truth.num_val_runs)
         val_init = initial_states(system, jr.fold_in(key, 2), m0, 1, side)
-        validation = simulate_runs(
-            system, jr.fold_in(key, 3), val_init, truth.val_steps, self.step_time
+        validation = trajectories(
+            system, val_init, jr.fold_in(key, 3), truth.val_steps, self.step_time
         )
-        return {"test": test[:, :, :: truth.save_every], "validation": validation}
+        return {"test": test, "validation": validation}
 
     def conditions(self):
         return [f"m0 = {m:g}" for m in self.test_magnetisations]
@@ -183,56 +196,6 @@ class AbstractSpinExperiment(AbstractExperiment):
 
 
 # ------------------------------------------------------------------------------ drivers
-def small_trajectories(
-    system, key, num_trajectories, num_steps, size, *, step_time=None, batch_size=256, progress=True
-) -> dict[str, np.ndarray]:
-    """Small-system trajectories from m0 ~ U(-1, 1); a step is size^2 flip events, or the
-    fixed time ``step_time`` (sweeps). Trajectory ``i`` uses ``fold_in(key, i)``. Returns
-    ``snapshots (T, S+1, l, l) int8`` and ``times (T, S+1) float32`` (cumulative, from 0)."""
-
-    def one(index):
-        key_m, key_init, key_run = jr.split(jr.fold_in(key, index), 3)
-        m0 = jr.uniform(key_m, minval=-1.0, maxval=1.0)
-        spins = system.init_state(key_init, (size, size), m0)
-
-        def step(spins, k):
-            if step_time is None:
-                spins, dt = system.advance_events(spins, k)
-            else:
-                spins, dt = system.advance_time(spins, k, step_time), jnp.float32(step_time)
-            return spins, (spins, dt)
-
-        _, (path, dts) = jax.lax.scan(step, spins, jr.split(key_run, num_steps))
-        return jnp.concatenate([spins[None], path]), jnp.concatenate(
-            [jnp.zeros(1), jnp.cumsum(dts)]
-        )
-
-    snapshots, times = map_in_batches(
-        one,
-        num_trajectories,
-        batch_size=batch_size,
-        desc="small trajectories",
-        unit="traj",
-        progress=progress,
-    )
-    return {"snapshots": snapshots, "times": times}
-
-
-def simulate_runs(system, key, initial, num_steps, step_time, *, batch_size=64) -> np.ndarray:
-    """Trajectories from the host states ``initial (R, L, L)`` on the time grid 0, step_time,
-    ..., num_steps * step_time: ``(R, S+1, L, L) int8``; run ``r`` uses ``fold_in(key, r)``."""
-
-    def one(spins, index):
-        def step(s, k):
-            s = system.advance_time(s, k, step_time)
-            return s, s
-
-        _, path = jax.lax.scan(step, spins, jr.split(jr.fold_in(key, index), num_steps))
-        return jnp.concatenate([spins[None], path])
-
-    return map_in_batches(one, len(initial), initial, batch_size=batch_size, dtype=jnp.int8)
-
-
 def initial_states(system, key, magnetisations, num_runs, side) -> np.ndarray:
     """``num_runs`` i.i.d. spin lattices ``(side, side)`` per mean magnetisation, in order:
     ``(len(magnetisations) * num_runs, side, side) int8``."""
