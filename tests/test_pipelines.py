@@ -4,9 +4,11 @@ resuming, run-directory ownership, code versions, bad input."""
 import ast
 import dataclasses
 import inspect
+import itertools
 import json
 import textwrap
 
+import jax.random as jr
 import numpy as np
 import pytest
 
@@ -153,7 +155,7 @@ def _field_docstrings(cls) -> set[str]:
         except (OSError, TypeError):
             continue
         body = tree.body[0].body
-        for node, after in zip(body, body[1:], strict=False):
+        for node, after in itertools.pairwise(body):
             is_doc = isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
             if isinstance(node, ast.AnnAssign) and is_doc:
                 documented.add(node.target.id)
@@ -227,3 +229,20 @@ def test_cli_run_help_lists_experiments_and_presets(capsys):
     assert excinfo.value.code == 0
     out = capsys.readouterr().out
     assert all(name in out for name in NAMES) and "quick" in out and "paper" in out
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_data_hooks_are_reproducible_and_shaped(name):
+    """Same key, same arrays: the store's fingerprints (and resuming) rely on it."""
+    cfg = get_experiment(name, "smoke")
+    system, scale = cfg.system(), cfg.scales()[0]
+    small = [cfg.small_data(system, scale, jr.key(0), False)["snapshots"] for _ in range(2)]
+    np.testing.assert_array_equal(*small)
+    assert small[0].shape[:2] == (cfg.small.num_trajectories, cfg.small.num_steps + 1)
+    picked = small[0][:, -1]
+    large = [cfg.upsample(system, scale, picked, jr.key(1), False) for _ in range(2)]
+    np.testing.assert_array_equal(*large)
+    pairs = [cfg.partial_pairs(system, scale, large[0], jr.key(2), False) for _ in range(2)]
+    for key in ("patch_after", "dt", "patch_index"):
+        np.testing.assert_array_equal(pairs[0][key], pairs[1][key])
+    assert pairs[0]["patch_index"].max() < scale.num_patches

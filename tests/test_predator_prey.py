@@ -175,7 +175,7 @@ def test_euler_maruyama_strong_order_half_with_multiplicative_noise():
             lambda y: 0.2 * _neumann_laplacian(y) - 0.5 * y, lambda y: y, x, dt, w
         )
 
-    x0 = 1.0 + 0.5 * jnp.cos(jnp.pi * (jnp.arange(8) + 0.5) / 8)
+    x0 = 1.0 + 0.5 * jnp.cos(jnp.pi * (jnp.arange(8, dtype=jnp.float32) + 0.5) / 8)
     slope = _strong_order(step, jnp.float32, x0, (8,), 400, 11, range(3, 9), seed=2)
     assert 0.35 <= slope <= 0.75, slope
 

@@ -1,6 +1,5 @@
-"""Partial evolution, hierarchical upsampling and the dataset builder."""
+"""Partial evolution and hierarchical upsampling."""
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -16,7 +15,6 @@ import pytest
 
 from jmacro import lattice, observables
 from jmacro.geometry import Ghosts, MeanField, Periodic, Segments1D, SquareTiling2D
-from jmacro.scale.builder import SpinDatasetConfig, build_spin_datasets
 from jmacro.scale.partial import PartialEvolution, apply_patch, evolve_patch, evolve_patches
 from jmacro.scale.upsample import (
     HierarchicalUpsampling,
@@ -225,39 +223,6 @@ def test_bad_sizes_raise_before_compute():
         LocalRelax(SquareTiling2D(16, stride=6)).check(64)
     with pytest.raises(ValueError, match="duration"):
         LocalRelax(SquareTiling2D(16, stride=8), duration=-1.0)
-    with pytest.raises(ValueError, match="small_step_time"):
-        SpinDatasetConfig(small_step_time=0.0)
-    with pytest.raises(ValueError, match="power"):
-        SpinDatasetConfig(small_size=12, large_size=40)
-
-
-SMOKE = SpinDatasetConfig(
-    small_size=8,
-    large_size=16,
-    num_trajectories=6,
-    num_steps=4,
-    num_large=12,
-    num_random=4,
-    relax=LocalRelax(SquareTiling2D(8, stride=4)),
-)
-
-
-def test_builder_is_reproducible_cached_and_recomputes_only_what_changed(tmp_path):
-    first = build_spin_datasets(SMOKE, tmp_path / "a", progress=False)
-    second = build_spin_datasets(SMOKE, tmp_path / "b", progress=False)
-    for name in ("small", "large", "pairs"):
-        assert first[name].dataset.fingerprint() == second[name].dataset.fingerprint()
-    assert first["small"].dataset["snapshots"].shape == (6, 5, 8, 8)
-    assert first["large"].dataset["snapshots"].shape == (16, 16, 16)
-    assert first["pairs"].dataset["patch_after"].shape == (16, 8, 8)
-    again = build_spin_datasets(SMOKE, tmp_path / "a", progress=False)
-    assert not any(stage.built for stage in again.values())
-    halo = build_spin_datasets(
-        dataclasses.replace(SMOKE, boundary="halo"), tmp_path / "a", progress=False
-    )
-    assert [halo[n].built for n in ("small", "large", "pairs")] == [False, False, True]
-    meta = json.loads((tmp_path / "a" / "pairs" / "meta.json").read_text())
-    assert "jmacro_version" in meta
 
 
 _CHILD = """

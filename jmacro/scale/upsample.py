@@ -129,7 +129,7 @@ def upsample_field(
     # Position in source index units, clamped: constant beyond the outermost centres.
     s = jnp.clip(target * source - 0.5, 0.0, source - 1.0)
     base = jnp.clip(jnp.floor(s), 0, max(source - 2, 0)).astype(jnp.int32)
-    t = s - base
+    t = s - base.astype(jnp.float32)
     out = jnp.zeros((num_cells, fields.shape[1]), jnp.float32)
     for offset, weight in zip(range(-1, 3), _catmull_rom_weights(t), strict=True):
         index = jnp.clip(base + offset, 0, source - 1)

@@ -121,7 +121,7 @@ class CurieWeiss(AbstractHeatBathSpins):
             s_k = flat[k]
             accepted = live & (u < self.flip_rate(s_k, total, num_total))
             flat = flat.at[k].set(jnp.where(accepted, -s_k, s_k))
-            total = total - 2 * accepted * s_k.astype(jnp.int32)
+            total = total - jnp.where(accepted, 2 * s_k.astype(jnp.int32), 0)
             return (flat, total), accepted
 
         def finish(carry):
