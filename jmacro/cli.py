@@ -7,6 +7,7 @@ jmacro simulate --help
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import logging
@@ -14,7 +15,16 @@ import sys
 import time
 from typing import Annotated, Literal
 
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
 import tyro
+
+from jmacro import observables, pipelines
+from jmacro._checks import check_positive_int
+from jmacro.pipelines import EXPERIMENTS
+from jmacro.pipelines._spins import AbstractSpinExperiment
 
 logger = logging.getLogger("jmacro")
 
@@ -49,15 +59,6 @@ class SimulateConfig:
 
 def simulate(cfg: SimulateConfig) -> list[dict]:
     """Run ``cfg`` and print one JSON line per step (ensemble means); return the records."""
-    import equinox as eqx
-    import jax
-    import jax.numpy as jnp
-    import jax.random as jr
-
-    from jmacro import observables
-    from jmacro._checks import check_positive_int
-    from jmacro.pipelines import EXPERIMENTS
-    from jmacro.pipelines._spins import AbstractSpinExperiment
 
     check_positive_int(cfg.num_steps, "num-steps")
     check_positive_int(cfg.num_replicas, "num-replicas")
@@ -128,7 +129,6 @@ parameters:  jmacro run EXPERIMENT --preset PRESET --help lists every parameter 
 
 
 def _describe_presets() -> str:
-    from jmacro.pipelines import EXPERIMENTS
 
     return "; ".join(f"{name}: {', '.join(cls.presets)}" for name, cls in EXPERIMENTS.items())
 
@@ -136,9 +136,6 @@ def _describe_presets() -> str:
 def run_command(argv: list[str]) -> None:
     """``jmacro run EXPERIMENT [--preset P] [--out DIR] [--store DIR] [--force] [--quiet]
     [overrides]``."""
-    import argparse
-
-    from jmacro import pipelines
 
     if not argv or argv[0] in ("-h", "--help"):
         experiments = ", ".join(pipelines.EXPERIMENTS)

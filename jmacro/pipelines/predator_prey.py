@@ -1,10 +1,7 @@
-"""Predator-prey: a stochastic reaction-diffusion SPDE on a line (REFERENCE.md 2.4).
-
-A 200-cell system learned from 100-cell simulations, K = 5 patches of 40 cells with frozen ghost
-cells; the score is the MMD between predicted and true latent ensembles at every output time
-(standardised latents, RBF bandwidths {0.25, ..., 8}, biased V-statistic: the reference's
-metric). The SDE is trained for every covariance scale lambda of a sweep and several seeds:
-Theorem 1 predicts lambda = K, the sweep shows how much it matters.
+"""Predator-prey: a stochastic reaction-diffusion SPDE on a line (REFERENCE.md 2.4). 200 cells
+learned from 100-cell simulations, K = 5 patches with frozen ghost cells; score: the MMD of
+predicted and true latent ensembles at every output time (the reference's metric), for every
+lambda of a sweep and several seeds (Theorem 1 predicts lambda = K).
 """
 
 from __future__ import annotations
@@ -13,25 +10,15 @@ import dataclasses
 from typing import ClassVar, Literal
 
 import jax
+import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
 from jmacro.geometry import Segments1D
 from jmacro.metrics import mmd_per_time
 from jmacro.models import model_hyperparams
-from jmacro.pipelines.base import (
-    AbstractExperiment,
-    AutoencoderTraining,
-    Evaluation,
-    GroundTruth,
-    Pairs,
-    Scale,
-    SDETraining,
-    SmallData,
-    Upsampling,
-    lambda_variants,
-    param,
-)
+from jmacro.pipelines import base
+from jmacro.pipelines.base import AbstractExperiment, Scale, lambda_variants, param
 from jmacro.scale import (
     HierarchicalUpsampling,
     Interpolation,
@@ -103,37 +90,30 @@ class PredatorPrey(AbstractExperiment):
     """Covariance scales of the sweep (lambda = K is Theorem 1's choice)."""
     seeds: tuple[int, ...] = param((0, 1, 2), affects="none")
     """SDE training seeds per lambda."""
-    small: SmallData = SmallData(num_trajectories=50, num_steps=3000)
-    upsampling: Upsampling = Upsampling(num_large=None, num_random=0, relax=False)
-    pairs: Pairs = Pairs(boundary="ghosts")
-    autoencoder: AutoencoderTraining = AutoencoderTraining(
+    small: base.SmallData = base.SmallData(num_trajectories=50, num_steps=3000)
+    upsampling: base.Upsampling = base.Upsampling(num_large=None, num_random=0, relax=False)
+    pairs: base.Pairs = base.Pairs(boundary="ghosts")
+    autoencoder: base.AutoencoderTraining = base.AutoencoderTraining(
         closure_dim=2, learning_rate=1e-3, max_snapshots=None
     )
-    sde: SDETraining = SDETraining(jitter=1e-5, normalisation="standard")
-    truth: GroundTruth = GroundTruth(
+    sde: base.SDETraining = base.SDETraining(jitter=1e-5, normalisation="standard")
+    truth: base.GroundTruth = base.GroundTruth(
         num_test_runs=50, test_steps=3000, save_every=10, num_val_runs=10, val_steps=300
     )
-    evaluation: Evaluation = Evaluation(rollout_substeps=10)
+    evaluation: base.Evaluation = base.Evaluation(rollout_substeps=10)
 
     def __post_init__(self):
-        if self.large_cells % self.num_patches:
-            raise ValueError(
-                f"num_patches K = {self.num_patches} does not divide large_cells = "
-                f"{self.large_cells}."
-            )
+        self._partial().check(self.large_cells)  # K must divide the cells
         if self.autoencoder.closure_dim % 2:
             raise ValueError("autoencoder.closure_dim must be even (one half per species).")
-        if not self.lambdas or any(not lam > 0 for lam in self.lambdas):
-            raise ValueError(
-                f"lambdas must be a non-empty tuple of positive numbers: {self.lambdas}"
-            )
-        if not self.seeds:
-            raise ValueError("seeds is empty.")
+        lambda_variants(self.lambdas, self.seeds)  # non-empty, positive
         for name in ("k_range", "m_range"):
-            low, high = getattr(self, name)
-            if not low <= high:
+            if not getattr(self, name)[0] <= getattr(self, name)[1]:
                 raise ValueError(f"{name} must be (low, high) with low <= high.")
         self.system().check_stability(self.large_cells)  # fails before any compute
+
+    def _partial(self) -> PartialEvolution:
+        return PartialEvolution(Segments1D(self.num_patches), num_events=self.pairs.num_steps)
 
     def system(self):
         return PredatorPreySystem(
@@ -145,30 +125,25 @@ class PredatorPrey(AbstractExperiment):
         return self.dt
 
     def scales(self):
-        return (
-            Scale(
-                f"K{self.num_patches}",
-                self.small_cells,
-                self.num_patches,
-                float(self.num_patches),
-                0,
-            ),
-        )
+        k = self.num_patches
+        return (Scale(f"K{k}", self.small_cells, k, float(k), 0),)
+
+    def _initial(self, num_cells, k, m) -> np.ndarray:
+        """u = m + k cos(10 pi x), v = 1 - u on ``num_cells`` cells, for each (k, m)."""
+        make = lambda k, m: predator_prey_initial_condition(num_cells, k, m)  # noqa: E731
+        return np.asarray(jax.vmap(make)(jnp.asarray(k), jnp.asarray(m)))
 
     def _family(self, num, key, num_cells):
         """``num`` initial fields of the training family, k and m uniform in their ranges."""
         key_k, key_m = jr.split(key)
         k = jr.uniform(key_k, (num,), minval=self.k_range[0], maxval=self.k_range[1])
         m = jr.uniform(key_m, (num,), minval=self.m_range[0], maxval=self.m_range[1])
-        return np.asarray(
-            jax.vmap(lambda k, m: predator_prey_initial_condition(num_cells, k, m))(k, m)
-        )
+        return self._initial(num_cells, k, m)
 
     def small_data(self, system, scale, key, progress):
         init = self._family(self.small.num_trajectories, jr.fold_in(key, 0), self.small_cells)
-        paths = trajectories(
-            system, init, jr.fold_in(key, 1), self.small.num_steps, progress=progress
-        )
+        steps = self.small.num_steps
+        paths = trajectories(system, init, jr.fold_in(key, 1), steps, progress=progress)
         return {"snapshots": paths.astype(np.float32)}
 
     def upsample(self, system, scale, picked, key, progress):
@@ -177,8 +152,7 @@ class PredatorPrey(AbstractExperiment):
         return upsample_dataset(system, picked, key, cfg, progress=progress)
 
     def partial_pairs(self, system, scale, snapshots, key, progress):
-        scheme = PartialEvolution(Segments1D(self.num_patches), num_events=self.pairs.num_steps)
-        return evolve_patches(system, snapshots, key, scheme, progress=progress)
+        return evolve_patches(system, snapshots, key, self._partial(), progress=progress)
 
     def _grid(self):
         return [(k, m) for k in self.test_k for m in self.test_m]
@@ -186,18 +160,10 @@ class PredatorPrey(AbstractExperiment):
     def ground_truth(self, system, key, progress):
         truth = self.truth
         grid = np.repeat(np.asarray(self._grid(), np.float32), truth.num_test_runs, axis=0)
-        init = np.asarray(
-            jax.vmap(lambda k, m: predator_prey_initial_condition(self.large_cells, k, m))(
-                grid[:, 0], grid[:, 1]
-            )
-        )
+        init = self._initial(self.large_cells, grid[:, 0], grid[:, 1])
+        steps, every = truth.test_steps, truth.save_every
         test = trajectories(
-            system,
-            init,
-            jr.fold_in(key, 0),
-            truth.test_steps,
-            save_every=truth.save_every,
-            progress=progress,
+            system, init, jr.fold_in(key, 0), steps, save_every=every, progress=progress
         )
         val_init = self._family(truth.num_val_runs, jr.fold_in(key, 1), self.large_cells)
         return {
@@ -225,13 +191,10 @@ class PredatorPrey(AbstractExperiment):
         return mmd_per_time(predicted, truth)
 
     def reference(self, scale, group):
-        if (self.large_cells, self.num_patches) != (200, 5):
-            return None
-        return REFERENCE_MMD.get(float(group))
+        comparable = (self.large_cells, self.num_patches) == (200, 5)
+        return REFERENCE_MMD.get(float(group)) if comparable else None
 
     def describe(self):
-        return (
-            f"{self.large_cells} cells learned from {self.small_cells}-cell simulations, K = "
-            f"{self.num_patches} patches, sigma = {self.sigma}, dt = {self.dt}; "
-            f"{len(self.seeds)} seed(s) per lambda."
+        return f"{self.large_cells} cells from {self.small_cells}-cell simulations, K = " + (
+            f"{self.num_patches}, sigma = {self.sigma}, dt = {self.dt}; {len(self.seeds)} seed(s)."
         )

@@ -338,21 +338,15 @@ def fit(
     evaluate = build_eval_step(val_loss_fn)
     plateau_step = _plateau_step(**_plateau_settings(config))
     key_shuffle, key_steps = jr.split(key)
-    # Shuffling runs on the host (NumPy), seeded from the key: no device work, no compile.
-    key_bits = jr.key_data(key_shuffle) if _is_typed_key(key_shuffle) else key_shuffle
-    shuffle_seed = [int(v) for v in np.asarray(key_bits).reshape(-1)]
-
-    device_data = jax.tree.map(jnp.asarray, train_data) if config.device_epochs else None
+    shuffle_seed = _host_seed(key_shuffle)
+    run_epoch = _device_epoch_sum if config.device_epochs else _host_epoch_sum
+    data = jax.tree.map(jnp.asarray, train_data) if config.device_epochs else train_data
     state = ckpt.TrainingState(model, init_opt_state(model, config), 0, model, math.inf, 0)
     history: list[EpochRecord] = []
     if checkpoint_dir is not None:
         state, history = _start_or_resume(checkpoint_dir, state, config, hyperparams)
-
-    model, opt_state = state.model, state.opt_state
-    best_model, best_val = state.best_model, state.best_val_loss
-    since_best = state.epochs_since_improvement
     patience = config.early_stopping_patience
-    stopped_early = patience is not None and since_best >= patience
+    stopped = lambda: patience is not None and state.epochs_since_improvement >= patience  # noqa: E731
 
     progress = tqdm(
         total=config.num_epochs * num_batches,
@@ -363,77 +357,100 @@ def fit(
     )
     try:
         for epoch in range(state.epoch, config.num_epochs):
-            if stopped_early:
+            if stopped():
                 break
             start = time.perf_counter()
             order = np.random.default_rng([*shuffle_seed, epoch]).permutation(num_train)
             step_keys = jr.split(jr.fold_in(key_steps, epoch), num_batches)
-            loss_sum = 0.0
-            pending = None  # check each loss one step late, so the device is never idle
-            if config.device_epochs:
-                used = order[: num_batches * batch_size] if config.drop_last else order
-                model, opt_state, losses = _device_epoch(
-                    make_step, model, opt_state, device_data, used, batch_size, step_keys
-                )
-                for b, loss in enumerate(losses):
-                    loss_sum += _finite_or_raise(loss, b, epoch, num_batches)
-                progress.update(num_batches)
-            else:
-                for b in range(num_batches + 1):
-                    if b < num_batches:
-                        # Sorted indices: same batch contents, contiguous reads from memmaps.
-                        index = np.sort(order[b * batch_size : (b + 1) * batch_size])
-                        batch = jax.tree.map(lambda a, i=index: np.asarray(a[i]), train_data)
-                        model, opt_state, loss = make_step(model, opt_state, batch, step_keys[b])
-                    if pending is not None:
-                        loss_sum += _finite_or_raise(*pending, epoch, num_batches)
-                        progress.update(1)
-                        if config.show_progress:
-                            progress.set_postfix(loss=f"{loss_sum / b:.4g}", refresh=False)
-                    pending = (loss, b)
-
-            train_loss = loss_sum / num_batches
+            model, opt_state, loss_sum = run_epoch(
+                make_step, state.model, state.opt_state, data, order, batch_size, num_batches,
+                step_keys, epoch, progress, config,
+            )  # fmt: skip
             val_loss = _evaluate(evaluate, model, val_data, num_val, val_batch_size)
             if not math.isfinite(val_loss):
                 raise NonFiniteLossError(val_loss, epoch + 1, None, num_batches)
-            metric = val_loss if config.plateau_metric == "val" else train_loss
-            step_state, plateau_state = opt_state
-            plateau_state = plateau_step(plateau_state, jnp.asarray(metric, jnp.float32))
-            opt_state = (step_state, plateau_state)
-
-            if val_loss < best_val:
-                best_model, best_val, since_best = model, val_loss, 0
-            else:
-                since_best += 1
-            record = EpochRecord(
-                epoch=epoch + 1,
-                train_loss=train_loss,
-                val_loss=val_loss,
-                learning_rate=float(config.learning_rate * plateau_state.scale),
-                seconds=time.perf_counter() - start,
+            state, record = _end_epoch(
+                state, model, opt_state, loss_sum / num_batches, val_loss, plateau_step, config
             )
-            history.append(record)
-            progress.set_postfix(loss=f"{train_loss:.4g}", val=f"{val_loss:.4g}")
+            history.append(record._replace(seconds=time.perf_counter() - start))
+            progress.set_postfix(loss=f"{record.train_loss:.4g}", val=f"{val_loss:.4g}")
             logger.info("epoch %d: train %.6g, val %.6g, lr %.3g", *record[:4])
             if checkpoint_dir is not None:
-                state = ckpt.TrainingState(
-                    model, opt_state, epoch + 1, best_model, best_val, since_best
-                )
                 ckpt.save_checkpoint(checkpoint_dir, state, [r._asdict() for r in history])
             if callback is not None:
-                callback(record, model)
-            stopped_early = patience is not None and since_best >= patience
+                callback(history[-1], model)
     finally:
         progress.close()
 
-    final = best_model if config.keep_best and math.isfinite(best_val) else model
+    best_val = state.best_val_loss
+    final = state.best_model if config.keep_best and math.isfinite(best_val) else state.model
     if checkpoint_dir is not None and hyperparams is not None:
         ckpt.save_model(checkpoint_dir, final, hyperparams)
     best_epoch = min(history, key=lambda r: r.val_loss).epoch if history else 0
-    return FitResult(final, model, history, best_epoch, best_val, stopped_early)
+    return FitResult(final, state.model, history, best_epoch, best_val, stopped())
+
+
+def _end_epoch(state, model, opt_state, train_loss, val_loss, plateau_step, config):
+    """The state after an epoch: the plateau schedule fed (validation or training loss), the
+    best model tracked; and the epoch's record (its ``seconds`` filled in by the caller)."""
+    metric = val_loss if config.plateau_metric == "val" else train_loss
+    step_state, plateau_state = opt_state
+    plateau_state = plateau_step(plateau_state, jnp.asarray(metric, jnp.float32))
+    improved = val_loss < state.best_val_loss
+    state = ckpt.TrainingState(
+        model,
+        (step_state, plateau_state),
+        state.epoch + 1,
+        model if improved else state.best_model,
+        val_loss if improved else state.best_val_loss,
+        0 if improved else state.epochs_since_improvement + 1,
+    )
+    lr = float(config.learning_rate * plateau_state.scale)
+    return state, EpochRecord(state.epoch, train_loss, val_loss, lr, 0.0)
+
+
+def _host_seed(key) -> list[int]:
+    """Shuffling runs on the host (NumPy), seeded from the key: no device work, no compile."""
+    key_bits = jr.key_data(key) if _is_typed_key(key) else key
+    return [int(v) for v in np.asarray(key_bits).reshape(-1)]
 
 
 # ---------------------------------------------------------------------------------- helpers
+def _host_epoch_sum(
+    make_step, model, opt_state, data, order, batch_size, num_batches, keys, epoch, bar, config
+):
+    """One epoch of minibatches read from host ``data`` (sorted indices: the same batch
+    contents, contiguous reads from memmaps); each loss is checked one step late, so the device
+    is never idle. Returns the model, the optimiser state and the sum of the batch losses."""
+    loss_sum, pending = 0.0, None
+    for b in range(num_batches + 1):
+        if b < num_batches:
+            index = np.sort(order[b * batch_size : (b + 1) * batch_size])
+            batch = jax.tree.map(lambda a, i=index: np.asarray(a[i]), data)
+            model, opt_state, loss = make_step(model, opt_state, batch, keys[b])
+        if pending is not None:
+            loss_sum += _finite_or_raise(*pending, epoch, num_batches)
+            bar.update(1)
+            if config.show_progress:
+                bar.set_postfix(loss=f"{loss_sum / b:.4g}", refresh=False)
+        pending = (loss, b)
+    return model, opt_state, loss_sum
+
+
+def _device_epoch_sum(
+    make_step, model, opt_state, data, order, batch_size, num_batches, keys, epoch, bar, config
+):
+    """``_device_epoch`` over the batches of ``order`` (the full ones only with
+    ``drop_last``); returns the model, the optimiser state and the sum of the batch losses."""
+    used = order[: num_batches * batch_size] if config.drop_last else order
+    model, opt_state, losses = _device_epoch(
+        make_step, model, opt_state, data, used, batch_size, keys
+    )
+    loss_sum = sum(_finite_or_raise(loss, b, epoch, num_batches) for b, loss in enumerate(losses))
+    bar.update(num_batches)
+    return model, opt_state, loss_sum
+
+
 def _device_epoch(make_step, model, opt_state, data, order, batch_size, step_keys):
     """One epoch on device-resident ``data``: the full batches of ``order`` (each sorted, as in
     the host loop) in one ``lax.scan``, then the smaller last batch, if any, as one step.
