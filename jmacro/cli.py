@@ -159,7 +159,9 @@ def run_command(argv: list[str]) -> None:
         default=base,
         args=overrides,
         prog=f"jmacro run {known.experiment} --preset {known.preset}",
-        description=type(base).__doc__,
+        description=f"{type(base).__doc__}\n\nRunner options, before the parameters: --preset "
+        f"({', '.join(type(base).presets)}), --out DIR, --store DIR, --force, --quiet (see "
+        "`jmacro run --help`). Parameters below show this preset's values.",
     )
     result = pipelines.run(
         cfg, known.out, store=known.store, force=known.force, progress=not known.quiet

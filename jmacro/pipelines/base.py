@@ -25,9 +25,10 @@ import abc
 import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
+import tyro
 
 from jmacro._checks import check_positive_int
 
@@ -282,8 +283,8 @@ class AbstractExperiment(abc.ABC):
     scale_axis: ClassVar[str] = "scale"
     """What ``Scale.label`` measures, for plots."""
 
-    preset: str = param("custom", affects="none")
-    """Name of the preset this config started from (report only)."""
+    preset: Annotated[str, tyro.conf.Suppress] = param("custom", affects="none")
+    """Name of the preset this config started from (report only; set by ``--preset``)."""
     seed: int = 0
     """Master seed; every stage derives its PRNG key from it."""
     small: SmallData = SmallData()
