@@ -247,3 +247,18 @@ def test_data_hooks_are_reproducible_and_shaped(name):
     for key in ("patch_after", "dt", "patch_index"):
         np.testing.assert_array_equal(pairs[0][key], pairs[1][key])
     assert pairs[0]["patch_index"].max() < scale.num_patches
+
+
+@pytest.mark.slow  # about 45 s per experiment: one compile per preset and scale
+@pytest.mark.parametrize("name", ["ising", "curie-weiss"])
+def test_every_preset_upsamples_at_every_scale(name):
+    """Every preset's upsampling runs through every intermediate size (a window as large as an
+    intermediate lattice once crashed the paper preset at n_s = 8^2), on one tiny snapshot."""
+    for preset in EXPERIMENTS[name].presets:
+        cfg = get_experiment(name, preset, upsampling=dict(num_random=1))
+        system = cfg.system()
+        for scale in cfg.scales():
+            picked = np.ones((1, scale.small_size, scale.small_size), np.int8)
+            large = cfg.upsample(system, scale, picked, jr.key(0), False)
+            assert large.shape == (2, cfg.large_size, cfg.large_size)
+            assert set(np.unique(large)) <= {-1, 1}
