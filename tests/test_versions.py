@@ -21,7 +21,8 @@ from jmacro._versions import VERSIONS
 from jmacro.geometry import Segments1D, SquareTiling2D
 from jmacro.metrics import diverged_fraction, mmd_per_time, relative_squared_error
 from jmacro.models import build_model, model_hyperparams
-from jmacro.pipelines.runner import STAGE_CODE
+from jmacro.pipelines.base import Scale
+from jmacro.pipelines.runner import STAGE_CODE, autoencoder_split
 from jmacro.rollout import rollout
 from jmacro.scale import (
     HierarchicalUpsampling,
@@ -49,6 +50,7 @@ RECORDED = {
     "training": {1: "390b5076f8decb36"},
     "rollout": {1: "692f3636c6cf4842"},
     "metrics": {1: "e3987876a6452ead"},
+    "runner": {2: "00c1778165300d70"},
 }
 
 
@@ -156,6 +158,11 @@ def _rollout():
     return rollout(_sde(), jnp.zeros((4, 2)), jnp.linspace(0.0, 1.0, 5), jr.key(12))
 
 
+def _runner():
+    scale = Scale("ns64", 8, 4, 64.0, 8)
+    return [autoencoder_split(100, 30, 0, scale), autoencoder_split(50, None, 1, scale)]
+
+
 def _metrics():
     rng = np.random.default_rng(1)
     a, b = rng.normal(size=(2, 8, 5, 2)).astype(np.float32)
@@ -170,6 +177,7 @@ PROBES = {
     "training": _training,
     "rollout": _rollout,
     "metrics": _metrics,
+    "runner": _runner,
 }
 
 

@@ -68,7 +68,7 @@ STAGE_CODE = {
     "large": ("systems", "scale"),
     "pairs": ("systems", "scale"),
     "truth": ("systems", "simulate"),
-    "autoencoder": ("models", "training"),
+    "autoencoder": ("models", "training", "runner"),
     "sde": ("models", "training"),
     "evaluation": ("rollout", "metrics", "training"),
 }
@@ -200,7 +200,7 @@ def _truth(graph: _Graph, system, progress: bool) -> StageRecord:
     return graph.stage("truth", "truth", config, [], build)
 
 
-def _pick(pool: np.ndarray, upsampling, seed: int) -> np.ndarray:
+def pick_snapshots(pool: np.ndarray, upsampling, seed: int) -> np.ndarray:
     """Small snapshots to upsample from ``pool (T, S+1, *state)``: every ``snapshot_every``-th
     of each trajectory, all in order or ``num_large`` drawn with replacement."""
     pool = pool[:, :: upsampling.snapshot_every]
@@ -234,7 +234,7 @@ def _data(graph: _Graph, system, scale: Scale, progress: bool):
     )
 
     def large_build(writer):
-        picked = _pick(small.dataset["snapshots"], exp.upsampling, exp.seed)
+        picked = pick_snapshots(small.dataset["snapshots"], exp.upsampling, exp.seed)
         key = jr.fold_in(root, _LARGE)
         writer.add("snapshots", exp.upsample(system, scale, picked, key, progress))
 
@@ -260,15 +260,12 @@ def _autoencoder(graph: _Graph, scale: Scale, large: StageRecord, progress: bool
         model = build_model(hyper, jr.fold_in(root, 1))
         if settings.closure_dim:
             snapshots = large.dataset["snapshots"]
-            count = min(settings.max_snapshots or len(snapshots), len(snapshots))
-            rng = np.random.default_rng([exp.seed, scale.key_id])
-            data = np.asarray(snapshots[np.sort(rng.choice(len(snapshots), count, False))])
-            split = max(1, count // 10)
+            train, val = autoencoder_split(len(snapshots), settings.max_snapshots, exp.seed, scale)
             model = fit(
                 model,
                 reconstruction_loss,
-                data[split:],
-                data[:split],
+                np.asarray(snapshots[train]),
+                np.asarray(snapshots[val]),
                 jr.fold_in(root, 2),
                 TrainConfig(
                     learning_rate=settings.learning_rate,
@@ -283,6 +280,16 @@ def _autoencoder(graph: _Graph, scale: Scale, large: StageRecord, progress: bool
     config = {"autoencoder": settings, "model": hyper}
     name = f"{scale.name}_autoencoder"
     return graph.stage(name, "autoencoder", config, [large], build, directory=True)
+
+
+def autoencoder_split(num: int, max_snapshots: int | None, seed: int, scale: Scale):
+    """Rows of the autoencoder's training and validation snapshots: a random subset of at most
+    ``max_snapshots`` of the ``num`` large snapshots, a random tenth of it held out; each part
+    sorted (contiguous reads from a memory map)."""
+    count = min(max_snapshots or num, num)
+    rows = np.random.default_rng([seed, scale.key_id]).choice(num, count, replace=False)
+    split = max(1, count // 10)
+    return np.sort(rows[split:]), np.sort(rows[:split])
 
 
 def _variant_key(exp: AbstractExperiment, scale: Scale, variant: SDEVariant):
