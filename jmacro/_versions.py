@@ -16,8 +16,8 @@ VERSIONS: dict[str, int] = {
     "training": 1,  # pairs, losses, the fit loop (jmacro.training)
     "rollout": 1,  # Euler-Maruyama rollouts (jmacro.rollout)
     "metrics": 1,  # scores (jmacro.metrics)
-    # the runner's own choices (jmacro.pipelines.runner), e.g. the autoencoder's validation
-    # split. 2: a random tenth held out (1 held out the lowest indices of the random subset,
-    # which for predator-prey, where the subset is everything, meant the first trajectories).
-    "runner": 2,
+    # the runner's own choices (jmacro.pipelines.runner): the autoencoder's validation split
+    # (2: a random tenth, was the lowest indices of the subset) and the SDE keys (3: variant
+    # seeds folded in, was key(seed + variant seed), which overlapped across master seeds).
+    "runner": 3,
 }

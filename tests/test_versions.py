@@ -21,8 +21,9 @@ from jmacro._versions import VERSIONS
 from jmacro.geometry import Segments1D, SquareTiling2D
 from jmacro.metrics import diverged_fraction, mmd_per_time, relative_squared_error
 from jmacro.models import build_model, model_hyperparams
-from jmacro.pipelines.base import Scale
-from jmacro.pipelines.runner import STAGE_CODE, autoencoder_split
+from jmacro.pipelines import get_experiment
+from jmacro.pipelines.base import Scale, lambda_variants
+from jmacro.pipelines.runner import STAGE_CODE, autoencoder_split, variant_key
 from jmacro.rollout import rollout
 from jmacro.scale import (
     HierarchicalUpsampling,
@@ -50,7 +51,7 @@ RECORDED = {
     "training": {1: "390b5076f8decb36"},
     "rollout": {1: "692f3636c6cf4842"},
     "metrics": {1: "e3987876a6452ead"},
-    "runner": {2: "00c1778165300d70"},
+    "runner": {3: "ca4899f6a3d8b5d9"},
 }
 
 
@@ -160,7 +161,10 @@ def _rollout():
 
 def _runner():
     scale = Scale("ns64", 8, 4, 64.0, 8)
-    return [autoencoder_split(100, 30, 0, scale), autoencoder_split(50, None, 1, scale)]
+    exp = get_experiment("ising", "smoke")
+    keys = [variant_key(exp, scale, v) for v in lambda_variants((1.0,), (0, 1))]
+    splits = [autoencoder_split(100, 30, 0, scale), autoencoder_split(50, None, 1, scale)]
+    return [*splits, *map(jr.key_data, keys)]
 
 
 def _metrics():

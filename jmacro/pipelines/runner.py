@@ -69,10 +69,11 @@ STAGE_CODE = {
     "pairs": ("systems", "scale"),
     "truth": ("systems", "simulate"),
     "autoencoder": ("models", "training", "runner"),
-    "sde": ("models", "training"),
-    "evaluation": ("rollout", "metrics", "training"),
+    "sde": ("models", "training", "runner"),
+    "evaluation": ("rollout", "metrics", "training", "runner"),
 }
-# Offsets folded into the master key; the spin pipelines have used these since the start.
+# Offsets folded into the master key (the spin pipelines' since the start); the models of a
+# scale use fold_in(key(seed), scale.key_id): autoencoder 1, 2; SDEs under 3 (variant_key).
 _SMALL, _LARGE, _PAIRS, _TRUTH = 0, 1, 2, 1000
 
 
@@ -292,20 +293,24 @@ def autoencoder_split(num: int, max_snapshots: int | None, seed: int, scale: Sca
     return np.sort(rows[split:]), np.sort(rows[:split])
 
 
-def _variant_key(exp: AbstractExperiment, scale: Scale, variant: SDEVariant):
-    return jr.fold_in(jr.key(exp.seed + variant.seed), scale.key_id)
+def variant_key(exp: AbstractExperiment, scale: Scale, variant: SDEVariant):
+    """The SDE's key: ``fold_in(fold_in(scale_root, 3), variant.seed)``, so variant seeds never
+    share a stream with another master seed (``key(seed + variant.seed)`` once did: master
+    seed 1 / variant 0 was master seed 0 / variant 1). Initialisation, training and the
+    rollout of condition c fold in 0, 1 and 10 + c."""
+    return jr.fold_in(jr.fold_in(jr.fold_in(jr.key(exp.seed), scale.key_id), 3), variant.seed)
 
 
 def _train_sde(directory: Path, exp, scale, variant, hyper, ae, encoded, progress) -> None:
     train, val, normaliser = encoded(variant.method)
-    key = _variant_key(exp, scale, variant)
-    sde = build_model(hyper, jr.fold_in(key, 3)).with_normaliser(normaliser)
+    key = variant_key(exp, scale, variant)
+    sde = build_model(hyper, jr.fold_in(key, 0)).with_normaliser(normaliser)
     result = fit(
         sde,
         increment_loss_fn(variant.covariance_scale, exp.sde.jitter),
         train,
         val,
-        jr.fold_in(key, 4),
+        jr.fold_in(key, 1),
         TrainConfig(
             learning_rate=exp.sde.learning_rate,
             batch_size=exp.sde.batch_size,
@@ -400,7 +405,7 @@ def _evaluate(graph, scale, ae_stage, ae, truth, sdes, normaliser_fn) -> StageRe
         writer.add("truth", z_true)
         conditions = _optional(truth.dataset, "test_condition")  # (C, k)
         for variant, stage in sdes.items():
-            sde, key = load_model(stage.path), _variant_key(exp, scale, variant)
+            sde, key = load_model(stage.path), variant_key(exp, scale, variant)
             pred, score = [], []
             for c in range(num_cond):
                 p = rollout(
