@@ -77,3 +77,15 @@ def check_spins(spins, name: str = "spins"):
             f"(e.g. {example!r}). Build states with `init_state` or `2 * (x > 0) - 1`."
         )
     return spins
+
+
+def check_save_grid(num_steps, save_every) -> tuple[int, int]:
+    """``(num_steps, save_every)`` as ints if both are positive and ``save_every`` divides
+    ``num_steps`` (one state saved every ``save_every`` steps), else ``ValueError``."""
+    num_steps = check_positive_int(num_steps, "num_steps")
+    save_every = check_positive_int(save_every, "save_every")
+    if num_steps % save_every:
+        raise ValueError(
+            f"num_steps ({num_steps}) must be a multiple of save_every ({save_every})."
+        )
+    return num_steps, save_every

@@ -23,7 +23,7 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import ArrayLike, PRNGKeyArray
 
-from jmacro._checks import check_positive_int
+from jmacro._checks import check_positive_int, check_save_grid
 from jmacro.sharding import map_in_batches
 from jmacro.systems._base import AbstractSystem, SimulationBlowUpError
 
@@ -65,13 +65,8 @@ def trajectories(
             such trajectory, its first non-finite saved step and the time.
     """
     system.check_states(initial, "initial", batched=True)
-    num_steps = check_positive_int(num_steps, "num_steps")
-    save_every = check_positive_int(save_every, "save_every")
+    num_steps, save_every = check_save_grid(num_steps, save_every)
     batch_size = check_positive_int(batch_size, "batch_size")
-    if num_steps % save_every:
-        raise ValueError(
-            f"num_steps ({num_steps}) must be a multiple of save_every ({save_every})."
-        )
     if step_duration is None:
         step_duration = system.time_step()
         if step_duration is None:

@@ -33,7 +33,7 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray
 
-from jmacro._checks import check_positive_int, is_concrete
+from jmacro._checks import check_positive_int, check_save_grid, is_concrete
 from jmacro.geometry import AbstractBoundary, Ghosts, check_finite
 from jmacro.systems._base import AbstractSystem
 
@@ -267,12 +267,7 @@ class AbstractSPDE(AbstractSystem):
             state at time k * save_every * dt.
         """
         check_fields(fields, num_species=self.num_species)
-        num_steps = check_positive_int(num_steps, "num_steps")
-        save_every = check_positive_int(save_every, "save_every")
-        if num_steps % save_every:
-            raise ValueError(
-                f"num_steps ({num_steps}) must be a multiple of save_every ({save_every})."
-            )
+        num_steps, save_every = check_save_grid(num_steps, save_every)
         self.check_stability(fields.shape[0])
         keys = jr.split(key, num_steps).reshape(num_steps // save_every, save_every)
 

@@ -27,7 +27,7 @@ from jmacro._checks import (
     check_finite_array,
     check_lattice_shape,
     check_positive_array,
-    check_positive_int,
+    check_save_grid,
     check_spins,
     is_concrete,
 )
@@ -143,12 +143,7 @@ class AbstractHeatBathSpins(AbstractSystem):
         Step t uses the key ``jr.split(key, num_steps)[t]``. Returns
         ``(num_steps // save_every + 1, H, W)`` int8, row 0 the initial state.
         """
-        num_steps = check_positive_int(num_steps, "num_steps")
-        save_every = check_positive_int(save_every, "save_every")
-        if num_steps % save_every:
-            raise ValueError(
-                f"num_steps ({num_steps}) must be a multiple of save_every ({save_every})."
-            )
+        num_steps, save_every = check_save_grid(num_steps, save_every)
         if step_duration is None:
             raise ValueError(
                 f"{type(self).__name__} is a continuous-time system: give a step_duration."
