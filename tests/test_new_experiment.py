@@ -10,6 +10,7 @@ diffusion^2 sigma^2 / n, while lambda = 1 gives K times that diffusion^2.
 
 import dataclasses
 import json
+import pathlib
 from typing import ClassVar
 
 import jax
@@ -184,8 +185,9 @@ def test_a_new_experiment_runs_through_the_cli_and_the_generic_report(registered
     _, metrics = registered_run
     assert metrics["experiment"] == "ou-field"
     assert set(metrics["summary"]["K4"]) == {"ours", "baseline", "ours, lambda = 1"}
-    run_dir = next(iter(metrics["stages"].values()))
-    assert run_dir  # every stage is recorded with its path
+    # every stage is recorded with the directory it lives in
+    assert len(metrics["stages"]) == 9  # truth, small, large, pairs, autoencoder, 3 SDEs, eval
+    assert all(pathlib.Path(path).is_dir() for path in metrics["stages"].values())
 
 
 def test_theorem_1_holds_exactly_for_independent_patches(registered_run):
