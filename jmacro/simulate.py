@@ -139,13 +139,7 @@ def random_trajectories(
             steps = jnp.full(num_steps, step_duration, jnp.float32)
             return path, jnp.concatenate([jnp.zeros(1), jnp.cumsum(steps)])
 
-        def step(state, k):
-            state, dt = system.advance_events(state, k, num_events)
-            return state, (state, dt)
-
-        _, (path, dts) = jax.lax.scan(step, state, jr.split(key_run, num_steps))
-        states = jnp.concatenate([state[None], path])
-        return states, jnp.concatenate([jnp.zeros(1), jnp.cumsum(dts)])
+        return _event_path(system, state, key_run, num_steps, num_events)
 
     snapshots, times = map_in_batches(
         one,
@@ -156,6 +150,58 @@ def random_trajectories(
         progress=progress,
     )
     return {"snapshots": snapshots, "times": times}
+
+
+def event_trajectories(
+    system: AbstractSystem,
+    initial: ArrayLike,
+    key: PRNGKeyArray,
+    num_steps: int,
+    num_events: int | None = None,
+    *,
+    batch_size: int = 256,
+    progress: bool = False,
+) -> dict[str, np.ndarray]:
+    """Trajectories from the host states ``initial`` whose steps are ``num_events``
+    elementary events each (default: the system's own step, e.g. n spin flips), with their
+    random elapsed times: the reference's step semantics for validation and ground truth.
+
+    Trajectory b steps with ``jr.split(fold_in(key, b), num_steps)[t]``.
+
+    Returns:
+        ``{"snapshots": (B, S + 1, *state_shape), "times": (B, S + 1) float32}``, row 0 the
+        initial state at time 0.
+    """
+    system.check_states(initial, "initial", batched=True)
+    num_steps = check_positive_int(num_steps, "num_steps")
+    batch_size = check_positive_int(batch_size, "batch_size")
+
+    def one(state, index):
+        return _event_path(system, state, jr.fold_in(key, index), num_steps, num_events)
+
+    snapshots, times = map_in_batches(
+        one,
+        len(initial),
+        initial,
+        batch_size=batch_size,
+        dtype=system.state_dtype,
+        desc="event trajectories",
+        unit="traj",
+        progress=progress,
+    )
+    return {"snapshots": snapshots, "times": times}
+
+
+def _event_path(system, state, key, num_steps, num_events):
+    """``num_steps`` steps of ``num_events`` events from ``state``: (states, cumulative times)."""
+
+    def step(state, k):
+        state, dt = system.advance_events(state, k, num_events)
+        return state, (state, dt)
+
+    _, (path, dts) = jax.lax.scan(step, state, jr.split(key, num_steps))
+    states = jnp.concatenate([state[None], path])
+    return states, jnp.concatenate([jnp.zeros(1), jnp.cumsum(dts)])
 
 
 def check_trajectories_finite(paths: np.ndarray, saved_duration: float, offset: int = 0) -> None:
@@ -177,4 +223,9 @@ def check_trajectories_finite(paths: np.ndarray, saved_duration: float, offset: 
     )
 
 
-__all__ = ["check_trajectories_finite", "random_trajectories", "trajectories"]
+__all__ = [
+    "check_trajectories_finite",
+    "event_trajectories",
+    "random_trajectories",
+    "trajectories",
+]

@@ -85,6 +85,10 @@ class Upsampling:
     """Continuous time (sweeps) of each window visit; None relaxes by w^2 flips (reference).
     Flip-count relaxation samples the jump chain, tilted towards disordered states, which
     biases the learned drift (domain-wall density drift -0.012 per sweep at T = 2.5)."""
+    num_unrelaxed: int = 10_000
+    """I.i.d. spin configurations (mean magnetisation uniform in [-1, 1]) appended to the large
+    snapshots without relaxation (spins), so the training data cover the i.i.d. initial states
+    of the test ensembles (relaxed snapshots never reach their domain-wall density)."""
     interpolation: Literal["linear", "cubic"] = "linear"
     """Interpolation of fields onto the finer grid (fields; reference: linear)."""
 
@@ -92,8 +96,9 @@ class Upsampling:
         _positive(self, "snapshot_every", "window", "stride")
         if self.num_large is not None:
             _positive(self, "num_large")
-        if self.num_random < 0:
-            raise ValueError(f"num_random must be >= 0, got {self.num_random}.")
+        for name in ("num_random", "num_unrelaxed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"upsampling.{name} must be >= 0, got {getattr(self, name)}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,9 +111,14 @@ class Pairs:
     Curie-Weiss) or frozen ghost cells (fields)."""
     num_steps: int = 1
     """Steps (of the experiment's step duration) per partial evolution."""
+    duration: float | None = None
+    """Time of one partial evolution (spins; time units), overriding ``num_steps`` steps.
+    Theorem 1 is an O(dt) statement: shorter pairs are less biased (docs/pair_bias.md)."""
 
     def __post_init__(self):
         _positive(self, "num_steps")
+        if self.duration is not None and not 0 < self.duration < float("inf"):
+            raise ValueError(f"pairs.duration must be finite and > 0, got {self.duration}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,15 +159,20 @@ class SDETraining:
     """AdamW learning rate (halved on plateaus)."""
     batch_size: int = 1024
     """Minibatch size."""
-    jitter: float = 1e-4
-    """eps of the covariance C = lambda Sigma Sigma^T dt + eps I, in normalised units."""
+    jitter: float = 1e-2
+    """eps of the covariance C = lambda Sigma Sigma^T dt + eps I RELATIVE to the data:
+    eps = jitter * min_k Var(dz_k) over the normalised training increments
+    (``jmacro.training.absolute_jitter``), so it never absorbs more than this fraction of any
+    latent's noise."""
     normalisation: Literal["minmax", "standard"] = "minmax"
     """Latent normalisation the networks see (and the coordinates of the test metric)."""
 
     def __post_init__(self):
         _positive(self, "epochs", "batch_size")
-        if not self.learning_rate > 0 or not self.jitter >= 0:
-            raise ValueError("learning_rate must be > 0 and jitter >= 0.")
+        if not 0 < self.learning_rate < float("inf"):
+            raise ValueError(f"sde.learning_rate must be finite and > 0, got {self.learning_rate}.")
+        if not 0 <= self.jitter < 1:
+            raise ValueError(f"sde.jitter must be in [0, 1) (relative), got {self.jitter}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,9 +189,16 @@ class GroundTruth:
     """Validation runs (full-system pairs, lambda = 1, for model selection)."""
     val_steps: int = 200
     """Steps of each validation run."""
+    reference_steps: int = 500
+    """Event steps (n elementary events each, random durations) of the extra test runs scored
+    with the reference's protocol (spins; REFERENCE.md 3.1: 500); 0: no such runs."""
 
     def __post_init__(self):
         _positive(self, "num_test_runs", "test_steps", "save_every", "num_val_runs", "val_steps")
+        if self.reference_steps < 0 or self.reference_steps == 1:
+            raise ValueError(
+                f"truth.reference_steps must be 0 or >= 2, got {self.reference_steps}."
+            )
         if self.test_steps % self.save_every:
             raise ValueError(
                 f"save_every = {self.save_every} must divide test_steps = {self.test_steps}."
@@ -282,11 +304,17 @@ class AbstractExperiment(abc.ABC):
     """Unit of the step duration, for plots."""
     scale_axis: ClassVar[str] = "scale"
     """What ``Scale.label`` measures, for plots."""
+    score_space: ClassVar[Literal["physical", "normalised"]] = "normalised"
+    """Coordinates of jmacro's test protocol: the physical latents or the normalised ones the
+    SDE sees (``jmacro.pipelines.scoring``)."""
 
     preset: Annotated[str, tyro.conf.Suppress] = param("custom", affects="none")
     """Name of the preset this config started from (report only; set by ``--preset``)."""
     seed: int = 0
     """Master seed; every stage derives its PRNG key from it."""
+    num_seeds: int = param(3, affects="none")
+    """Independent replicates of the whole pipeline (data, models, ground truth) with master
+    seeds seed, seed + 1, ...; every reported number is their mean +- standard error."""
     small: SmallData = SmallData()
     upsampling: Upsampling = Upsampling()
     pairs: Pairs = Pairs()
@@ -294,6 +322,13 @@ class AbstractExperiment(abc.ABC):
     sde: SDETraining = SDETraining()
     truth: GroundTruth = GroundTruth()
     evaluation: Evaluation = Evaluation()
+
+    def __post_init__(self):
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}.")
+        check_positive_int(self.num_seeds, "num_seeds")
+        if not self.conditions():
+            raise ValueError(f"{self.name}: no test conditions.")
 
     # ---- the questions an experiment answers
     @abc.abstractmethod
@@ -346,6 +381,11 @@ class AbstractExperiment(abc.ABC):
     def score(self, predicted, truth) -> np.ndarray:
         """Score of one test condition from normalised latents ``(R, T+1, d)``: a scalar or
         an array over time; its mean is the reported number (lower is better)."""
+
+    def reference_coordinates(self, offset: np.ndarray, scale: np.ndarray):
+        """``(offset, scale)`` of the coordinates of the reference's test protocol, from the
+        normaliser the SDE sees; default: the same."""
+        return offset, scale
 
     def reference(self, scale: Scale, group: str) -> float | None:
         """The reference implementation's number for this scale and group, if comparable."""

@@ -22,6 +22,7 @@ class CurieWeiss(AbstractSpinExperiment):
     name: ClassVar[str] = "curie-weiss"
     system_class: ClassVar[type] = CurieWeissSystem
     relax_boundary: ClassVar[str] = "mean_field"
+    physical_dims: ClassVar[int] = 1
     known_observables: ClassVar[str] = "magnetisation"
     latent_names: ClassVar[tuple[str, ...]] = ("magnetisation",)
     presets: ClassVar[dict] = {

@@ -47,15 +47,19 @@ class PredatorPrey(AbstractExperiment):
             autoencoder=dict(width=8, epochs=2, batch_size=64),
             sde=dict(epochs=2, batch_size=64),
             truth=dict(num_val_runs=2, val_steps=10, num_test_runs=4, test_steps=20),
+            num_seeds=2,
             lambdas=(1.0, 5.0),
-            seeds=(0,),
+            model_seeds=(0,),
             test_k=(0.05, 0.15),
             test_m=(0.5,),
         ),
         # The reference's system, data family and test grid; a fifth of its snapshots, two
-        # seeds; batch 256 (40 epochs at 1024 left the validation loss falling steeply).
+        # one model seed per lambda and replicate (3 replicates); batch 256 (40 epochs at 1024
+        # left the validation loss falling steeply).
         "quick": dict(
-            upsampling=dict(snapshot_every=5), sde=dict(epochs=80, batch_size=256), seeds=(0, 1)
+            upsampling=dict(snapshot_every=5),
+            sde=dict(epochs=80, batch_size=256),
+            model_seeds=(0,),
         ),
         "paper": {},
     }
@@ -88,8 +92,9 @@ class PredatorPrey(AbstractExperiment):
     """m of the test grid."""
     lambdas: tuple[float, ...] = param((1.0, 2.5, 5.0, 10.0, 15.0, 20.0), affects="none")
     """Covariance scales of the sweep (lambda = K is Theorem 1's choice)."""
-    seeds: tuple[int, ...] = param((0, 1, 2), affects="none")
-    """SDE training seeds per lambda."""
+    model_seeds: tuple[int, ...] = param((0, 1, 2), affects="none")
+    """SDE training seeds per lambda and replicate (on the same data: their spread is the
+    model-seed part of the error bar)."""
     small: base.SmallData = base.SmallData(num_trajectories=50, num_steps=3000)
     upsampling: base.Upsampling = base.Upsampling(num_large=None, num_random=0, relax=False)
     pairs: base.Pairs = base.Pairs(boundary="ghosts")
@@ -98,15 +103,21 @@ class PredatorPrey(AbstractExperiment):
     )
     sde: base.SDETraining = base.SDETraining(jitter=1e-5, normalisation="standard")
     truth: base.GroundTruth = base.GroundTruth(
-        num_test_runs=50, test_steps=3000, save_every=10, num_val_runs=10, val_steps=300
+        num_test_runs=50,
+        test_steps=3000,
+        save_every=10,
+        num_val_runs=10,
+        val_steps=300,
+        reference_steps=0,
     )
     evaluation: base.Evaluation = base.Evaluation(rollout_substeps=10)
 
     def __post_init__(self):
+        super().__post_init__()
         self._partial().check(self.large_cells)  # K must divide the cells
         if self.autoencoder.closure_dim % 2:
             raise ValueError("autoencoder.closure_dim must be even (one half per species).")
-        lambda_variants(self.lambdas, self.seeds)  # non-empty, positive
+        lambda_variants(self.lambdas, self.model_seeds)  # non-empty, positive
         for name in ("k_range", "m_range"):
             if not getattr(self, name)[0] <= getattr(self, name)[1]:
                 raise ValueError(f"{name} must be (low, high) with low <= high.")
@@ -185,7 +196,7 @@ class PredatorPrey(AbstractExperiment):
         )
 
     def sde_variants(self, scale):
-        return lambda_variants(self.lambdas, self.seeds)
+        return lambda_variants(self.lambdas, self.model_seeds)
 
     def score(self, predicted, truth):
         return mmd_per_time(predicted, truth)
@@ -195,6 +206,8 @@ class PredatorPrey(AbstractExperiment):
         return REFERENCE_MMD.get(float(group)) if comparable else None
 
     def describe(self):
-        return f"{self.large_cells} cells from {self.small_cells}-cell simulations, K = " + (
-            f"{self.num_patches}, sigma = {self.sigma}, dt = {self.dt}; {len(self.seeds)} seed(s)."
+        return (
+            f"{self.large_cells} cells from {self.small_cells}-cell simulations, K = "
+            f"{self.num_patches}, sigma = {self.sigma}, dt = {self.dt}; "
+            f"{len(self.model_seeds)} model seed(s) per lambda."
         )

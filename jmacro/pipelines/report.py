@@ -1,12 +1,15 @@
 """The generic run report: ``report.md`` and matplotlib PNGs (Agg backend) in the run directory.
 
-Written from ``metrics.json`` and the evaluation stages alone, for every experiment:
+Written from ``metrics.json`` and the (first replicate's) evaluation stages alone, for every
+experiment:
 
-- a table of the score per scale and variant group (mean over seeds +- standard error when
-  there are several seeds), with the reference implementation's number where comparable;
-- ``score_vs_scale.png`` when there are several scales, ``score_vs_group.png`` when the groups
-  of one scale are numbers (a lambda sweep);
-- ``score_over_time_<scale>.png`` when the score is resolved in time (MMD);
+- jmacro's protocol: the score per scale and variant group (mean over replicate seeds +-
+  standard error), the Monte Carlo floor, the diverged share and the std ratio per latent;
+- the reference's protocol (when the truth has event-stepped runs) beside the paper's
+  numbers and their ratio;
+- ``score_vs_scale.png`` / ``reference_score_vs_scale.png`` when there are several scales,
+  ``score_vs_group_<scale>.png`` when the groups of one scale are numbers (a lambda sweep);
+- ``mmd_over_time_<scale>.png``: the spread of the predictions over time;
 - ``trajectories_<scale>.png``: mean +- std of every latent, truth and up to two groups.
 """
 
@@ -39,23 +42,39 @@ def _save(fig, path: Path, plt) -> None:
     plt.close(fig)
 
 
-def plot_score_vs_scale(path: Path, experiment, metrics: dict) -> None:
-    """Score vs the scale label (e.g. n_s) on log axes, one line per group (+ reference)."""
+def _pm(entry: dict | None, mean="mean", se="se") -> str:
+    if entry is None:
+        return "-"
+    text = f"{entry[mean]:.3g}"
+    return text + (f" +- {entry[se]:.2g}" if entry.get(se) is not None else "")
+
+
+def plot_score_vs_scale(path: Path, experiment, metrics: dict, key: str = "score") -> None:
+    """Score (``key``: jmacro's or the reference's protocol) vs the scale label on log axes,
+    one line per group with standard errors over seeds, the Monte Carlo floor and, for the
+    reference protocol, the reference implementation's numbers."""
     plt = _pyplot()
     scales = experiment.scales()
+    x = [s.label for s in scales]
     fig, ax = plt.subplots(figsize=(5, 3.6))
     for i, group in enumerate(metrics["summary"][scales[0].name]):
-        x = [s.label for s in scales]
-        y = [metrics["summary"][s.name][group]["mean"] for s in scales]
-        ax.plot(x, y, "o-", color=f"C{i}", label=group)
+        entries = [metrics["summary"][s.name][group] for s in scales]
+        if key == "score":
+            y, se = [e["mean"] for e in entries], [e["se_over_seeds"] or 0 for e in entries]
+        else:
+            y, se = [e[key]["mean"] for e in entries], [e[key]["se"] or 0 for e in entries]
+        ax.errorbar(x, y, yerr=se, fmt="o-", color=f"C{i}", capsize=3, label=group)
         ref = [(s.label, experiment.reference(s, group)) for s in scales]
         ref = [(a, b) for a, b in ref if b is not None]
-        if ref:
+        if ref and key == "reference_score":
             ax.plot(
-                *zip(*ref, strict=True), "x--", color=f"C{i}", alpha=0.5, label=f"{group} (ref.)"
+                *zip(*ref, strict=True), "x--", color=f"C{i}", alpha=0.6, label=f"{group} (paper)"
             )
+    floor = [metrics["floors"][s.name][key]["mean"] for s in scales]
+    ax.plot(x, floor, ":", color="0.5", label="Monte Carlo floor")
     ax.set(xscale="log", yscale="log", xlabel=experiment.scale_axis, ylabel=experiment.metric)
-    ax.set_title(f"{experiment.name}: {experiment.metric} vs scale", fontsize=9)
+    protocol = "jmacro protocol" if key == "score" else "reference protocol"
+    ax.set_title(f"{experiment.name}: {experiment.metric} vs scale ({protocol})", fontsize=9)
     ax.legend(fontsize=7)
     _save(fig, path, plt)
 
@@ -75,6 +94,7 @@ def plot_score_vs_group(path: Path, experiment, metrics: dict, scale) -> None:
     ref = [(a, b) for a, b in ref if b is not None]
     if ref:
         ax.plot(*zip(*ref, strict=True), "x--", color="C1", label="reference impl.")
+    ax.axhline(metrics["floors"][scale.name]["score"]["mean"], color="0.5", ls=":", label="floor")
     ax.axvline(scale.num_patches, color="0.6", lw=0.8, ls=":", label="lambda = K")
     ax.set(xlabel="covariance scale lambda", ylabel=experiment.metric)
     ax.set_title(f"{experiment.name}, {scale.name}", fontsize=9)
@@ -82,17 +102,18 @@ def plot_score_vs_group(path: Path, experiment, metrics: dict, scale) -> None:
     _save(fig, path, plt)
 
 
-def plot_score_over_time(path: Path, experiment, evaluation, scale) -> None:
-    """Time-resolved score (mean over conditions and seeds) per group."""
+def plot_mmd_over_time(path: Path, experiment, metrics: dict, times, scale) -> None:
+    """Squared MMD between predicted and true ensembles vs time (normalised latents; mean
+    over conditions, seeds and the group's model seeds), one line per group."""
     plt = _pyplot()
-    times = np.asarray(evaluation["times"])
     fig, ax = plt.subplots(figsize=(5, 3.6))
     groups: dict[str, list] = {}
-    for v in experiment.sde_variants(scale):
-        groups.setdefault(v.group, []).append(np.asarray(evaluation[f"score_{v.name}"]).mean(0))
+    for result in metrics["results"][scale.name].values():
+        groups.setdefault(result["group"], []).append(result["mmd_over_time"])
     for i, (group, curves) in enumerate(groups.items()):
         ax.plot(times, np.mean(curves, axis=0), color=f"C{i}", lw=1, label=group)
-    ax.set(xlabel=experiment.time_unit, ylabel=f"{experiment.metric} (mean over conditions)")
+    ax.set(xlabel=experiment.time_unit, ylabel="squared MMD (normalised latents)")
+    ax.set_title(f"{experiment.name}, {scale.name}: spread over time", fontsize=9)
     ax.legend(fontsize=7)
     _save(fig, path, plt)
 
@@ -123,36 +144,71 @@ def plot_trajectories(path: Path, experiment, evaluation, variants) -> None:
 
 
 def _table(experiment, metrics: dict) -> list[str]:
+    """jmacro's protocol: score +- SE over seeds per scale and group, the floor, the share
+    of diverged runs, the predicted/true std ratio per latent."""
     scales = experiment.scales()
     groups = list(metrics["summary"][scales[0].name])
-    refs = any(experiment.reference(s, g) is not None for s in scales for g in groups)
-    head = "| scale | K | " + " | ".join(groups) + " |"
-    head += "".join(f" {g} (ref.) |" for g in groups) if refs else ""
-    lines = [head, "|" + "---|" * (2 + len(groups) * (2 if refs else 1))]
+    lines = [
+        "| scale | K | " + " | ".join(groups) + " | floor | diverged | std ratio (pred/true) |",
+        "|" + "---|" * (5 + len(groups)),
+    ]
     for s in scales:
-        cells = []
-        for g in groups:
-            entry = metrics["summary"][s.name][g]
-            se = entry["se_over_seeds"]
-            cells.append(f"{entry['mean']:.3g}" + (f" +- {se:.2g}" if se is not None else ""))
-        if refs:
-            cells += [
-                "-" if (r := experiment.reference(s, g)) is None else f"{r:.3g}" for g in groups
-            ]
-        lines.append(f"| {s.name} | {s.num_patches} | " + " | ".join(cells) + " |")
+        summary, results = metrics["summary"][s.name], metrics["results"][s.name]
+        cells = [_pm(summary[g], "mean", "se_over_seeds") for g in groups]
+        diverged = ", ".join(f"{g} {summary[g]['diverged_fraction']['mean']:.0%}" for g in groups)
+        ratios = "; ".join(
+            f"{g}: " + ", ".join(f"{v:.2f}" for v in r["std_ratio"].values())
+            for g, r in {r["group"]: r for r in results.values()}.items()
+        )
+        floor = _pm(metrics["floors"][s.name]["score"])
+        lines.append(
+            f"| {s.name} | {s.num_patches} | " + " | ".join(cells) + f" | {floor} | "
+            f"{diverged} | {ratios} |"
+        )
     return lines
 
 
-def write_report(run_dir: Path, experiment, metrics: dict, evaluations: dict) -> None:
-    """Write ``report.md`` and the PNGs of a finished run (module docstring)."""
+def _reference_table(experiment, metrics: dict) -> list[str]:
+    """The reference's protocol: score +- SE per scale and group, the paper's number and the
+    ratio jmacro / paper, the floor."""
     scales = experiment.scales()
+    groups = list(metrics["summary"][scales[0].name])
+    head = "| scale | K | " + " | ".join(f"{g} | {g} (paper) | ratio" for g in groups)
+    lines = [head + " | floor |", "|" + "---|" * (3 + 3 * len(groups))]
+    for s in scales:
+        cells = []
+        for g in groups:
+            entry, paper = (
+                metrics["summary"][s.name][g]["reference_score"],
+                experiment.reference(s, g),
+            )
+            ratio = "-" if paper is None else f"{entry['mean'] / paper:.2g}"
+            cells += [_pm(entry), "-" if paper is None else f"{paper:.3g}", ratio]
+        floor = _pm(metrics["floors"][s.name]["reference_score"])
+        lines.append(f"| {s.name} | {s.num_patches} | " + " | ".join(cells) + f" | {floor} |")
+    return lines
+
+
+def write_report(run_dir: Path, experiment, metrics: dict, replicates: dict) -> None:
+    """Write ``report.md`` and the PNGs of a finished run (module docstring);
+    ``replicates[seed][scale]`` are the evaluation datasets (the first seed's are plotted)."""
+    scales = experiment.scales()
+    first = replicates[metrics["seeds"][0]]
+    space = "physical" if experiment.score_space == "physical" else "normalised"
     lines = [
         f"# jmacro run: {experiment.name}, preset `{experiment.preset}`",
         "",
         f"{experiment.describe()} Wall time {metrics['wall_time_s']:.0f} s.",
         "",
-        f"Score: {experiment.metric} (lower is better), mean over the test conditions "
-        f"({', '.join(experiment.conditions())}); +- is the standard error over seeds.",
+        f"Every number is the mean over {metrics['num_seeds']} independent replicate(s) (master "
+        f"seeds {metrics['seeds']}: own data, models and ground truth) +- its standard error. "
+        "The floor is the expected score of a perfect model (two halves of the true runs, "
+        "rescaled to the full ensemble size).",
+        "",
+        f"## jmacro's protocol: {experiment.metric} in {space} latents",
+        "",
+        f"Mean over the test conditions ({', '.join(experiment.conditions())}) on the fixed "
+        "time grid of the test runs (lower is better).",
         "",
         *_table(experiment, metrics),
         "",
@@ -160,25 +216,43 @@ def write_report(run_dir: Path, experiment, metrics: dict, evaluations: dict) ->
     if len(scales) > 1:
         plot_score_vs_scale(run_dir / "score_vs_scale.png", experiment, metrics)
         lines += ["![score vs scale](score_vs_scale.png)", ""]
+    if "reference_score" in metrics["floors"][scales[0].name]:
+        steps = len(np.asarray(first[scales[0].name]["ref_times"]))
+        lines += [
+            "## The reference's protocol (REFERENCE.md 3.1)",
+            "",
+            f"{steps} event steps of n flips, truth interpolated onto the grid of the mean "
+            "step, one Euler step per grid interval, all latents min-max scaled except the "
+            "magnetisation; relative squared error of the ensemble-mean trajectory. The "
+            "paper's models are its last epoch, jmacro's the best on validation.",
+            "",
+            *_reference_table(experiment, metrics),
+            "",
+        ]
+        if len(scales) > 1:
+            name = "reference_score_vs_scale.png"
+            plot_score_vs_scale(run_dir / name, experiment, metrics, "reference_score")
+            lines += [f"![reference protocol]({name})", ""]
     for scale in scales:
-        evaluation = evaluations[scale.name].dataset
-        summary = metrics["summary"][scale.name]
-        lines += [f"## {scale.name}", ""]
-        if len(summary) > 2 and all(_as_number(g) is not None for g in summary):
-            plot_score_vs_group(
-                run_dir / f"score_vs_group_{scale.name}.png", experiment, metrics, scale
-            )
-            lines += [f"![score vs group](score_vs_group_{scale.name}.png)", ""]
-        variants = experiment.sde_variants(scale)
-        if np.asarray(evaluation[f"score_{variants[0].name}"]).ndim > 1:
-            name = f"score_over_time_{scale.name}.png"
-            plot_score_over_time(run_dir / name, experiment, evaluation, scale)
-            lines += [f"![score over time]({name})", ""]
-        best = min(summary, key=lambda g: summary[g]["mean"])
-        groups = list(dict.fromkeys(v.group for v in variants))
-        shown = list(dict.fromkeys([groups[0], best, *groups[1:2]]))[:2]
-        picked = [next(v for v in variants if v.group == g) for g in shown]
-        name = f"trajectories_{scale.name}.png"
-        plot_trajectories(run_dir / name, experiment, evaluation, picked)
-        lines += [f"Best group: {best}.", "", f"![latent trajectories]({name})", ""]
+        lines += _scale_section(run_dir, experiment, metrics, first[scale.name], scale)
     (run_dir / "report.md").write_text("\n".join(lines))
+
+
+def _scale_section(run_dir, experiment, metrics, evaluation, scale) -> list[str]:
+    summary = metrics["summary"][scale.name]
+    lines = [f"## {scale.name}", ""]
+    if len(summary) > 2 and all(_as_number(g) is not None for g in summary):
+        name = f"score_vs_group_{scale.name}.png"
+        plot_score_vs_group(run_dir / name, experiment, metrics, scale)
+        lines += [f"![score vs group]({name})", ""]
+    name = f"mmd_over_time_{scale.name}.png"
+    plot_mmd_over_time(run_dir / name, experiment, metrics, np.asarray(evaluation["times"]), scale)
+    lines += [f"![MMD over time]({name})", ""]
+    variants = experiment.sde_variants(scale)
+    best = min(summary, key=lambda g: summary[g]["mean"])
+    groups = list(dict.fromkeys(v.group for v in variants))
+    shown = list(dict.fromkeys([groups[0], best, *groups[1:2]]))[:2]
+    picked = [next(v for v in variants if v.group == g) for g in shown]
+    name = f"trajectories_{scale.name}.png"
+    plot_trajectories(run_dir / name, experiment, evaluation, picked)
+    return [*lines, f"Best group: {best}.", "", f"![latent trajectories]({name})", ""]

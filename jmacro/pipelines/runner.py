@@ -25,11 +25,11 @@ import dataclasses
 import functools
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
@@ -41,13 +41,15 @@ from jmacro.io.cache import (
     config_fingerprint,
     describe_difference,
 )
-from jmacro.metrics import diverged_fraction
+from jmacro.metrics import resample_trajectories
 from jmacro.models import build_model, model_hyperparams
 from jmacro.pipelines.base import AbstractExperiment, RunResult, Scale, SDEVariant
 from jmacro.pipelines.report import write_report
+from jmacro.pipelines.scoring import summarise
 from jmacro.rollout import rollout
 from jmacro.training import (
     TrainConfig,
+    absolute_jitter,
     encode_configurations,
     encode_full_pairs,
     encode_partial_evolution_pairs,
@@ -86,6 +88,7 @@ class StageRecord:
     fingerprint: str
     built: bool
     dataset: Any = None
+    seed: int = 0
 
 
 class _Graph:
@@ -105,11 +108,27 @@ class _Graph:
         }
 
     def stage(self, name, kind, config, upstream, build, *, directory=False) -> StageRecord:
+        """Build or load stage ``name``. A directory stage's ``build(tmp_dir, checkpoints)``
+        also gets a persistent folder for training checkpoints (``<folder>_partial``): an
+        interrupted fit resumes from its last epoch; the folder goes once the stage is stored.
+        """
         key = self._key(kind, config, upstream)
         folder = f"{name}-{config_fingerprint(key)[:12]}"
-        get = self.cache.get_or_build_dir if directory else self.cache.get_or_build
-        result = get(folder, key, build, force=self.force)
-        record = StageRecord(name, result.path, result.fingerprint, result.built, result.dataset)
+        if directory:
+            partial = self.cache.path(f"{folder}_partial")
+            if self.force:
+                shutil.rmtree(partial, ignore_errors=True)
+
+            def build_dir(tmp_dir, build=build):
+                build(tmp_dir, partial)
+                shutil.rmtree(partial, ignore_errors=True)
+
+            result = self.cache.get_or_build_dir(folder, key, build_dir, force=self.force)
+        else:
+            result = self.cache.get_or_build(folder, key, build, force=self.force)
+        record = StageRecord(
+            name, result.path, result.fingerprint, result.built, result.dataset, self.exp.seed
+        )
         self.records.append(record)
         return record
 
@@ -175,17 +194,34 @@ def run(
     start = time.perf_counter()
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(experiment)
     claim_run_dir(run_dir, experiment)
-    graph = _Graph(experiment, Path(store) if store else run_dir.parent / "stages", force)
-    system = experiment.system()
-    truth = _truth(graph, system, progress)
-    evaluations = {
-        scale.name: _run_scale(graph, system, scale, truth, progress)
-        for scale in experiment.scales()
-    }
-    metrics = _metrics(experiment, evaluations, graph.records, time.perf_counter() - start)
+    store = Path(store) if store else run_dir.parent / "stages"
+    replicates, records = {}, []
+    for seed in replicate_seeds(experiment):
+        graph = _Graph(dataclasses.replace(experiment, seed=seed), store, force)
+        if experiment.num_seeds > 1:
+            logger.info("replicate with master seed %d", seed)
+        system = graph.exp.system()
+        truth = _truth(graph, system, progress)
+        replicates[seed] = {
+            scale.name: _run_scale(graph, system, scale, truth, progress).dataset
+            for scale in experiment.scales()
+        }
+        records += graph.records
+    metrics = summarise(experiment, replicates)
+    metrics.update(
+        wall_time_s=time.perf_counter() - start,
+        stages_built=[f"seed{r.seed}/{r.name}" for r in records if r.built],
+        stages={f"seed{r.seed}/{r.name}": str(r.path) for r in records},
+        config=canonical_config(experiment),
+    )
     atomic_write_json(run_dir / "metrics.json", metrics)
-    write_report(run_dir, experiment, metrics, evaluations)
-    return RunResult(run_dir, metrics, graph.records)
+    write_report(run_dir, experiment, metrics, replicates)
+    return RunResult(run_dir, metrics, records)
+
+
+def replicate_seeds(experiment: AbstractExperiment) -> list[int]:
+    """Master seeds of the independent replicates: ``seed, seed + 1, ..., seed + n - 1``."""
+    return [experiment.seed + i for i in range(experiment.num_seeds)]
 
 
 # ------------------------------------------------------------------------------ stages
@@ -257,7 +293,7 @@ def _autoencoder(graph: _Graph, scale: Scale, large: StageRecord, progress: bool
     hyper = exp.autoencoder_hyperparams(scale)
     root = jr.fold_in(jr.key(exp.seed), scale.key_id)
 
-    def build(directory):
+    def build(directory, checkpoints):
         model = build_model(hyper, jr.fold_in(root, 1))
         if settings.closure_dim:
             snapshots = large.dataset["snapshots"]
@@ -275,6 +311,7 @@ def _autoencoder(graph: _Graph, scale: Scale, large: StageRecord, progress: bool
                     show_progress=progress,
                 ),
                 hyperparams=hyper,
+                checkpoint_dir=checkpoints,
             ).model
         save_model(directory, model, hyper)
 
@@ -301,13 +338,14 @@ def variant_key(exp: AbstractExperiment, scale: Scale, variant: SDEVariant):
     return jr.fold_in(jr.fold_in(jr.fold_in(jr.key(exp.seed), scale.key_id), 3), variant.seed)
 
 
-def _train_sde(directory: Path, exp, scale, variant, hyper, ae, encoded, progress) -> None:
+def _train_sde(directory, checkpoints, *, exp, scale, variant, hyper, encoded, progress) -> None:
     train, val, normaliser = encoded(variant.method)
     key = variant_key(exp, scale, variant)
     sde = build_model(hyper, jr.fold_in(key, 0)).with_normaliser(normaliser)
+    jitter = absolute_jitter(exp.sde.jitter, train.z1 - train.z0)
     result = fit(
         sde,
-        increment_loss_fn(variant.covariance_scale, exp.sde.jitter),
+        increment_loss_fn(variant.covariance_scale, jitter),
         train,
         val,
         jr.fold_in(key, 1),
@@ -318,8 +356,9 @@ def _train_sde(directory: Path, exp, scale, variant, hyper, ae, encoded, progres
             show_progress=progress,
             device_epochs=True,
         ),
-        val_loss_fn=increment_loss_fn(1.0, exp.sde.jitter),
+        val_loss_fn=increment_loss_fn(1.0, jitter),
         hyperparams=hyper,
+        checkpoint_dir=checkpoints,
     )
     save_model(directory, result.model, hyper)
     history = [r._asdict() for r in result.history]
@@ -342,7 +381,7 @@ def _run_scale(graph: _Graph, system, scale: Scale, truth: StageRecord, progress
             ae,
             validation[:, :-1].reshape(-1, *state),
             validation[:, 1:].reshape(-1, *state),
-            np.full(validation.shape[0] * steps, exp.step_duration, np.float32),
+            _validation_dt(truth.dataset, exp.step_duration),
             condition=None if condition is None else np.repeat(condition, steps, axis=0),
         )
         latents = encode_configurations(ae, large.dataset["snapshots"])
@@ -379,7 +418,6 @@ def _run_scale(graph: _Graph, system, scale: Scale, truth: StageRecord, progress
             scale=scale,
             variant=variant,
             hyper=hyper,
-            ae=ae,
             encoded=encoded,
             progress=progress,
         )
@@ -392,39 +430,98 @@ def _run_scale(graph: _Graph, system, scale: Scale, truth: StageRecord, progress
 
 
 def _evaluate(graph, scale, ae_stage, ae, truth, sdes, normaliser_fn) -> StageRecord:
+    """Rollouts of every SDE from the encoded initial test states, stored with the encoded
+    truth (scoring is ``jmacro.pipelines.scoring``'s, from these arrays alone):
+
+    - ``times``, ``truth (C, R, T+1, d)``, ``pred_<variant>``: jmacro's protocol, the fixed
+      time grid of the test runs, ``evaluation.rollout_substeps`` Euler steps per interval;
+    - if the truth has event-stepped ``reference_test`` runs: ``ref_times`` (the grid
+      k * mean step, k < S), ``ref_truth`` (each run's latents interpolated onto it) and
+      ``ref_pred_<variant>`` (one Euler step per interval): the reference's protocol;
+    - ``norm_offset``, ``norm_scale``: the normaliser the SDEs see.
+    """
     exp = graph.exp
 
     def build(writer):
         normaliser = normaliser_fn()
+        writer.add("norm_offset", np.asarray(normaliser.offset))
+        writer.add("norm_scale", np.asarray(normaliser.scale))
         test = truth.dataset["test"]  # (C, R, T+1, *state)
-        num_cond, num_runs, num_times = test.shape[:3]
-        z_true = encode_configurations(ae, test.reshape(-1, *test.shape[3:]))
-        z_true = np.asarray(z_true).reshape(num_cond, num_runs, num_times, -1)
-        times = np.arange(num_times, dtype=np.float32) * exp.truth.save_every * exp.step_duration
+        z_true = _encode_runs(ae, test)
+        times = np.arange(test.shape[2], dtype=np.float32) * exp.truth.save_every
+        times *= exp.step_duration
         writer.add("times", times)
         writer.add("truth", z_true)
+        reference = _reference_truth(ae, truth.dataset)
+        if reference is not None:
+            writer.add("ref_times", reference[0])
+            writer.add("ref_truth", reference[1])
         conditions = _optional(truth.dataset, "test_condition")  # (C, k)
         for variant, stage in sdes.items():
             sde, key = load_model(stage.path), variant_key(exp, scale, variant)
-            pred, score = [], []
-            for c in range(num_cond):
-                p = rollout(
-                    sde,
-                    z_true[c, :, 0],
-                    times,
-                    jr.fold_in(key, 10 + c),
-                    num_substeps=exp.evaluation.rollout_substeps,
-                    condition=None if conditions is None else conditions[c],
-                )
-                pred.append(np.asarray(p, np.float32))
-                true_c = normaliser.normalise(jnp.asarray(z_true[c]))
-                score.append(np.asarray(exp.score(normaliser.normalise(p), true_c)))
-            writer.add(f"pred_{variant.name}", np.stack(pred))
-            writer.add(f"score_{variant.name}", np.stack(score).astype(np.float32))
+
+            def predict(z0, grid, offset, substeps, sde=sde, key=key):
+                return np.stack([
+                    np.asarray(
+                        rollout(
+                            sde,
+                            z0[c],
+                            grid,
+                            jr.fold_in(key, offset + c),
+                            num_substeps=substeps,
+                            condition=None if conditions is None else conditions[c],
+                        ),
+                        np.float32,
+                    )
+                    for c in range(len(z0))
+                ])  # fmt: skip
+
+            substeps = exp.evaluation.rollout_substeps
+            writer.add(f"pred_{variant.name}", predict(z_true[:, :, 0], times, 10, substeps))
+            if reference is not None:
+                ref_times, ref_truth = reference
+                ref_pred = predict(ref_truth[:, :, 0], ref_times, 10_000, 1)
+                writer.add(f"ref_pred_{variant.name}", ref_pred)
 
     config = {"evaluation": exp.evaluation, "variants": list(sdes)}
     upstream = [ae_stage, truth, *sdes.values()]
     return graph.stage(f"{scale.name}_evaluation", "evaluation", config, upstream, build)
+
+
+def _validation_dt(truth, step_duration: float) -> np.ndarray:
+    """Per-pair durations ``(R * S,)`` of the validation runs: their own random step times
+    when event-stepped (``validation_times (R, S+1)``), else ``step_duration``."""
+    if "validation_times" in truth:
+        return np.diff(np.asarray(truth["validation_times"], np.float32), axis=1).reshape(-1)
+    runs, steps = truth["validation"].shape[:2]
+    return np.full(runs * (steps - 1), step_duration, np.float32)
+
+
+def _encode_runs(ae, runs) -> np.ndarray:
+    """Latents ``(C, R, T, d)`` of the configurations ``runs (C, R, T, *state)``."""
+    z = encode_configurations(ae, runs.reshape(-1, *runs.shape[3:]))
+    return np.asarray(z, np.float32).reshape(*runs.shape[:3], -1)
+
+
+def _reference_truth(ae, truth) -> tuple[np.ndarray, np.ndarray] | None:
+    """The reference's test protocol (REFERENCE.md 3.1): event-stepped runs
+    ``reference_test (C, R, S+1, *state)`` with their own random ``reference_times``,
+    interpolated linearly onto the common grid t_k = k * mean_dt, k = 0 .. S - 1, where
+    mean_dt is the mean step of the validation runs when they are event-stepped
+    (``validation_times``), else of the test runs themselves. None without such runs."""
+    if "reference_test" not in truth:
+        return None
+    times = np.asarray(truth["reference_times"], np.float64)  # (C, R, S+1)
+    steps = times.shape[-1] - 1
+    source = times if "validation_times" not in truth else truth["validation_times"]
+    source = np.asarray(source, np.float64)
+    mean_dt = float((source[..., -1] - source[..., 0]).mean() / (source.shape[-1] - 1))
+    grid = (np.arange(steps) * mean_dt).astype(np.float32)
+    z = _encode_runs(ae, truth["reference_test"])
+    flat_t = times.reshape(-1, steps + 1).astype(np.float32)
+    flat_z = z.reshape(-1, steps + 1, z.shape[-1])
+    resampled = np.asarray(resample_trajectories(flat_t, flat_z, grid), np.float32)
+    return grid, resampled.reshape(*z.shape[:2], steps, z.shape[-1])
 
 
 def _optional(dataset, name: str) -> np.ndarray | None:
@@ -432,52 +529,3 @@ def _optional(dataset, name: str) -> np.ndarray | None:
     an experiment that has one returns it from its hooks as ``condition`` (pairs),
     ``validation_condition`` and ``test_condition`` (truth), each ``(rows, k)``."""
     return np.asarray(dataset[name], np.float32) if name in dataset else None
-
-
-# ------------------------------------------------------------------------------ metrics
-def _metrics(exp: AbstractExperiment, evaluations: dict, records, wall_time: float) -> dict:
-    """``results[scale][variant]`` (score, per condition, diverged fraction) and
-    ``summary[scale][group]`` (mean over seeds, standard error over seeds when > 1)."""
-    results, summary = {}, {}
-    for scale in exp.scales():
-        ev = evaluations[scale.name].dataset
-        truth = np.asarray(ev["truth"])
-        results[scale.name], groups = {}, {}
-        for variant in exp.sde_variants(scale):
-            per_condition = np.asarray(ev[f"score_{variant.name}"])
-            score = float(np.mean(per_condition))
-            results[scale.name][variant.name] = {
-                "group": variant.group,
-                "seed": variant.seed,
-                "covariance_scale": variant.covariance_scale,
-                "score": score,
-                "per_condition": dict(
-                    zip(
-                        exp.conditions(),
-                        map(float, per_condition.reshape(len(per_condition), -1).mean(1)),
-                        strict=True,
-                    )
-                ),
-                "diverged_fraction": diverged_fraction(
-                    np.asarray(ev[f"pred_{variant.name}"]), truth
-                ),
-            }
-            groups.setdefault(variant.group, []).append(score)
-        summary[scale.name] = {group: _mean_se(scores) for group, scores in groups.items()}
-    return {
-        "experiment": exp.name,
-        "preset": exp.preset,
-        "metric": exp.metric,
-        "wall_time_s": wall_time,
-        "summary": summary,
-        "results": results,
-        "stages_built": [r.name for r in records if r.built],
-        "stages": {r.name: str(r.path) for r in records},
-        "config": canonical_config(exp),
-    }
-
-
-def _mean_se(values: list[float]) -> dict:
-    values = np.asarray(values, np.float64)
-    se = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else None
-    return {"mean": float(values.mean()), "se_over_seeds": se, "num_seeds": len(values)}

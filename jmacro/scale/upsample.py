@@ -57,7 +57,7 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, Float, Int8, PRNGKeyArray, Shaped
 
-from jmacro._checks import check_positive_int
+from jmacro._checks import check_positive_int, check_spins
 from jmacro.geometry import (
     AbstractBoundary,
     AbstractTiling,
@@ -162,6 +162,10 @@ class BlockReplication:
     def output_shape(self, shape: tuple[int, ...], size: int) -> tuple[int, ...]:
         return (size, size, *shape[2:])
 
+    def check_inputs(self, small, name: str = "snapshots") -> None:
+        """Values -1/+1 only (``check_spins``, scanned in slices), before any compute."""
+        check_spins(small, name)
+
     def random_states(self, key: PRNGKeyArray, num: int, size: int) -> Int8[Array, "num L L"]:
         """Random-magnetisation spins (``random_magnetisation``)."""
         return random_magnetisation(key, num, size)
@@ -184,6 +188,10 @@ class Interpolation:
 
     def output_shape(self, shape: tuple[int, ...], size: int) -> tuple[int, ...]:
         return (size, *shape[1:])
+
+    def check_inputs(self, small, name: str = "snapshots") -> None:
+        """Finite values only."""
+        check_finite(small, name)
 
     def random_states(self, key: PRNGKeyArray, num: int, size: int):
         raise ValueError(
@@ -350,12 +358,18 @@ class HierarchicalUpsampling:
         return [small_size * self.factor**k for k in range(1, self.num_iterations(small_size) + 1)]
 
     def check(self, small_shape: tuple[int, ...]) -> tuple[int, ...]:
-        """Validate against ONE small state's shape; return the large state's shape."""
-        self.num_iterations(small_shape[0])
-        large = self.upsample.output_shape(tuple(small_shape), self.target_size)
-        if self.relax is not None:
-            self.relax.check(large)
-        return large
+        """Validate against ONE small state's shape, the relaxation at EVERY intermediate
+        size included; return the large state's shape."""
+        for size in self.sizes(small_shape[0]):
+            shape = self.upsample.output_shape(tuple(small_shape), size)
+            if self.relax is not None:
+                try:
+                    self.relax.check(shape)
+                except ValueError as error:
+                    raise ValueError(
+                        f"LocalRelax at the intermediate size {size}: {error}"
+                    ) from None
+        return self.upsample.output_shape(tuple(small_shape), self.target_size)
 
     def to_dict(self) -> dict:
         """JSON-able description (for cache keys and metadata)."""
@@ -418,7 +432,8 @@ def upsample_dataset(
         fields).
 
     Raises:
-        ValueError: sizes that do not fit, non-finite snapshots, a missing system or key.
+        ValueError: sizes that do not fit, spins other than -1/+1 or non-finite fields, a
+            missing system or key.
         SimulationBlowUpError: a relaxed field became non-finite.
     """
     from tqdm.auto import tqdm
@@ -427,7 +442,7 @@ def upsample_dataset(
     if num == 0:
         raise ValueError("no small snapshots to upsample.")
     check_positive_int(batch_size, "batch_size")
-    check_finite(small, "snapshots")
+    cfg.upsample.check_inputs(small, "snapshots")  # spins -1/+1, finite fields
     large_shape = cfg.check(tuple(small.shape[1:]))
     if cfg.relax is not None or cfg.num_random:
         if system is None or key is None:

@@ -22,6 +22,7 @@ from jmacro.training.fit import (
 )
 from jmacro.training.losses import (
     DEFAULT_JITTER,
+    absolute_jitter,
     default_covariance_scale,
     increment_loss,
     increment_loss_fn,
@@ -48,6 +49,7 @@ __all__ = [
     "NonFiniteLossError",
     "TrainConfig",
     "TrainingState",
+    "absolute_jitter",
     "build_eval_step",
     "build_train_step",
     "checkpoint_exists",

@@ -14,7 +14,8 @@ import numbers
 import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
-from jaxtyping import Array, Float, PRNGKeyArray, Shaped
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, Shaped
 
 from jmacro._checks import check_positive_int
 from jmacro.models.closure import ClosureAutoencoder
@@ -143,6 +144,25 @@ def increment_loss_fn(covariance_scale: float | int = 1.0, jitter: float | int =
     """``increment_loss`` with lambda and eps bound: a ``(model, batch, key) -> scalar``."""
     _check_scale_and_jitter(covariance_scale, jitter)
     return functools.partial(increment_loss, covariance_scale=covariance_scale, jitter=jitter)
+
+
+def absolute_jitter(relative: float, increments: Float[ArrayLike, "n d"]) -> float:
+    """eps of the covariance from a jitter ``relative`` to the data's noise:
+
+        eps = relative * min_k Var(dz_k),
+
+    the smallest per-dimension variance of the training increments ``dz = z1 - z0`` (in the
+    units the model sees). So eps never takes more than the fraction ``relative`` of any
+    latent's increment variance, whatever the system size, patch size or pair duration (an
+    absolute eps of 1e-4 in min-max units exceeded the whole one-sweep variance of an L = 64
+    Curie-Weiss magnetisation). ``relative = 0`` gives 0.
+    """
+    if not isinstance(relative, numbers.Real) or not relative >= 0:
+        raise ValueError(f"the relative jitter must be a real number >= 0, got {relative!r}.")
+    dz = np.asarray(increments, np.float64)
+    if dz.ndim != 2 or len(dz) < 2:
+        raise ValueError(f"increments must be (n >= 2, d), got shape {dz.shape}.")
+    return float(relative * np.min(np.var(dz, axis=0)))
 
 
 def default_covariance_scale(method: str, num_patches: int) -> float:
