@@ -57,23 +57,41 @@ def check_finite_array(value, name: str):
     return value
 
 
-def check_spins(spins, name: str = "spins"):
-    """Raise unless a concrete ``spins`` array is integer-valued with entries in {-1, +1}.
+# Entries scanned per slice by ``check_spins``: bounds the temporary boolean arrays (and the
+# pages of a memory-mapped dataset held at once) to a few tens of MB.
+_SPIN_SCAN_ENTRIES = 1 << 24
 
-    Tracers pass through untouched. Accepts any integer dtype; callers cast to int8.
+
+def check_spins(spins, name: str = "spins"):
+    """Raise ``ValueError`` unless a concrete ``spins`` array holds only the values -1 and +1.
+
+    The one value check of spin states (``AbstractHeatBathSpins.check_states`` and the patch
+    drivers call it): anything else (0, 2, 0.5, NaN, a boolean array) is refused instead of
+    being cast to int8 by a driver. Any integer or float dtype is accepted (the drivers cast to
+    int8 after the check). Large (e.g. memory-mapped) arrays are scanned in slices along the
+    first axis, so the check never holds more than ~16M entries' temporaries at once.
+    Tracers pass through untouched (inside ``jit``/``vmap`` the values are unknown).
     """
     if not is_concrete(spins):
         return spins
-    arr = np.asarray(spins)
+    arr = spins if isinstance(spins, np.ndarray) else np.asarray(spins)
     if arr.size == 0:
         raise ValueError(f"{name} is empty.")
     if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
         raise ValueError(f"{name} must be a numeric array of -1/+1, got dtype {arr.dtype}.")
-    bad = (arr != 1) & (arr != -1)
-    if np.any(bad):
-        example = arr[bad].flat[0]
+    flat = arr.reshape(1, -1) if arr.ndim == 0 else arr
+    rows = max(1, _SPIN_SCAN_ENTRIES // max(1, flat[0].size))
+    num_bad, example = 0, None
+    for start in range(0, len(flat), rows):
+        part = np.asarray(flat[start : start + rows])
+        bad = (part != 1) & (part != -1)
+        count = int(np.count_nonzero(bad))
+        if count and example is None:
+            example = part[bad].flat[0].item()
+        num_bad += count
+    if num_bad:
         raise ValueError(
-            f"{name} must contain only -1 and +1; found {int(bad.sum())} other entries "
+            f"{name} must contain only -1 and +1; found {num_bad} other entries "
             f"(e.g. {example!r}). Build states with `init_state` or `2 * (x > 0) - 1`."
         )
     return spins

@@ -105,11 +105,25 @@ class MeanField(AbstractBoundary):
     name: ClassVar[str] = "mean_field"
 
     def check(self, patch: Shaped[Array, "..."]) -> None:
+        """``num_total`` >= the patch size and, when concrete, a ``background_sum`` that
+        ``num_total - patch.size`` frozen spins of +-1 can have: ``|background_sum| <=
+        num_total - patch.size`` with the same parity. A traced sum (inside ``jit`` or
+        ``vmap``, e.g. built by ``SquareTiling2D.patch_with_boundary``) is not checked."""
         num_total = check_positive_int(self.num_total, "num_total")
         if num_total < patch.size:
             raise ValueError(
                 f"num_total={num_total} is smaller than the number of evolving spins {patch.size}."
             )
+        if is_concrete(self.background_sum):
+            outside = num_total - patch.size
+            value = int(np.asarray(self.background_sum))
+            if abs(value) > outside or (value - outside) % 2:
+                raise ValueError(
+                    f"background_sum={value} is impossible for the {outside} frozen spins "
+                    f"outside the patch (num_total={num_total} - {patch.size} evolving): it "
+                    f"must satisfy |background_sum| <= {outside} and have the parity of "
+                    f"{outside}."
+                )
 
 
 class Ghosts(AbstractBoundary):

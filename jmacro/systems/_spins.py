@@ -51,10 +51,38 @@ def as_param(value, name: str, positive: bool = False) -> Float[Array, ""]:
     return jnp.asarray(value, jnp.float32)
 
 
-def check_duration(duration) -> Float[Array, ""]:
-    """A duration t >= 0 (checked when concrete) as a float32 scalar."""
-    if is_concrete(duration) and not np.all(np.asarray(duration) >= 0):
-        raise ValueError(f"duration must be >= 0, got {duration!r}.")
+# Largest expected attempt count of one fixed-time advance: the Poisson(rate * t) attempt
+# count is an int32; 2^30 leaves room for its fluctuations (and for a merged clock slightly
+# faster than one tick per site and unit time) far below 2^31 - 1.
+_MAX_MEAN_ATTEMPTS = 2.0**30
+
+
+def check_duration(duration, num_sites: int | None = None) -> Float[Array, ""]:
+    """A duration t >= 0 as a float32 scalar, checked when concrete.
+
+    A concrete (host) duration must be finite and >= 0 and, given the number of updatable
+    sites n, its expected number of uniformized attempts n t (each site's clock ticks at rate
+    <= 1 per unit time, plus float32 rounding) must stay below 2^30, so that the int32 attempt
+    count of ``_uniformized.num_ticks`` cannot overflow; otherwise ``ValueError``.
+
+    A traced duration (inside ``jit``/``vmap``) cannot be checked: the caller guarantees it.
+    There a bad duration is no error but a wrong attempt count: with jax's Poisson sampler an
+    infinite or NaN duration makes zero attempts (the state comes back unchanged) and one past
+    the int32 range is clamped to 2^31 - 1 attempts. Split long advances into steps (e.g.
+    ``trajectory``) instead.
+    """
+    if is_concrete(duration):
+        value = np.asarray(duration)
+        if not np.all(np.isfinite(value)):
+            raise ValueError(f"duration must be finite, got {duration!r}.")
+        if not np.all(value >= 0):
+            raise ValueError(f"duration must be >= 0, got {duration!r}.")
+        if num_sites is not None and np.max(value) * num_sites > _MAX_MEAN_ATTEMPTS:
+            raise ValueError(
+                f"duration {float(np.max(value))!r} on {num_sites} sites needs about "
+                f"{float(np.max(value)) * num_sites:.3g} attempts, more than the int32 attempt "
+                f"count allows (2^30 expected): advance in shorter steps (e.g. `trajectory`)."
+            )
     return jnp.asarray(duration, jnp.float32)
 
 
@@ -175,7 +203,13 @@ class AbstractHeatBathSpins(AbstractSystem):
         check_lattice_shape(shape, min_side=self.min_side)
 
     def check_states(self, states, name: str = "states", batched: bool = False) -> None:
-        """Shape only (a value scan of a large memory-mapped dataset would read all of it)."""
+        """Shape ``(H, W)`` (``(B, H, W)``) and, when concrete, values in {-1, +1} only.
+
+        The entry check of every batch driver (``simulate.trajectories``, ``evolve_patches``,
+        ``evolve_patch``, ``local_relax``) before any compute: 0, 2, 0.5, NaN are refused
+        rather than cast to int8. The value scan reads all of a memory-mapped dataset once,
+        in slices (``jmacro._checks.check_spins``); tracers are checked by shape only.
+        """
         ndim = 3 if batched else 2
         if np.ndim(states) != ndim:
             expected = "(B, H, W)" if batched else "(H, W)"
@@ -184,6 +218,7 @@ class AbstractHeatBathSpins(AbstractSystem):
                 f"{name} must have shape {expected} (spin lattices), got {np.shape(states)}{hint}."
             )
         self.check_shape(np.shape(states)[-2:])
+        check_spins(states, name)
 
     # ------------------------------------------------------------------ drivers
     def _check(self, spins, boundary: AbstractBoundary) -> Int8[Array, "H W"]:
@@ -214,7 +249,7 @@ class AbstractHeatBathSpins(AbstractSystem):
         return _uniformized.advance_events(run, key, num_events, spins.size)
 
     def _run_for(self, spins, key, duration, boundary):
-        duration = check_duration(duration)
+        duration = check_duration(duration, spins.size)
         key_count, key_run = jr.split(key)
         attempts = _uniformized.num_ticks(key_count, duration, spins.size)
         return self._sequential(spins, key_run, boundary, max_attempts=attempts)[0]
