@@ -108,6 +108,7 @@ class OUField(AbstractExperiment):
         normalisation="standard",
     )
     truth: GroundTruth = GroundTruth(num_test_runs=16, test_steps=20, num_val_runs=8, val_steps=20)
+    num_seeds: int = param(1, affects="none")  # Theorem 1 is checked on one replicate
 
     def system(self):
         return OUCells(self.theta, self.sigma, self.dt)
@@ -187,6 +188,7 @@ def test_a_new_experiment_runs_through_the_cli_and_the_generic_report(registered
     assert set(metrics["summary"]["K4"]) == {"ours", "baseline", "ours, lambda = 1"}
     # every stage is recorded with the directory it lives in
     assert len(metrics["stages"]) == 9  # truth, small, large, pairs, autoencoder, 3 SDEs, eval
+    assert all(name.startswith("seed0/") for name in metrics["stages"])  # one replicate
     assert all(pathlib.Path(path).is_dir() for path in metrics["stages"].values())
 
 
@@ -205,7 +207,7 @@ def test_theorem_1_holds_exactly_for_independent_patches(registered_run):
     exact_diffusion_sq = cfg.sigma**2 / cfg.large_cells
     ratios = {}
     for variant in ("ours", "ours_lam1", "baseline"):
-        sde = load_model(stages[f"K4_sde_{variant}"])
+        sde = load_model(stages[f"seed0/K4_sde_{variant}"])
         drift = np.asarray(jax.vmap(sde.physical_drift)(z)[:, 0], np.float64)
         slope, intercept = np.polyfit(np.asarray(z[:, 0], np.float64), drift, 1)
         assert slope == pytest.approx(-cfg.theta, rel=0.1), (variant, slope)

@@ -20,12 +20,13 @@ NAMES = sorted(EXPERIMENTS)
 
 
 def expected_stages(cfg) -> list[str]:
+    """Stage names in build order, once per replicate seed."""
     names = ["truth"]
     for scale in cfg.scales():
         names += [f"{scale.name}_{stage}" for stage in ("small", "large", "pairs", "autoencoder")]
         names += [f"{scale.name}_sde_{v.name}" for v in cfg.sde_variants(scale)]
         names.append(f"{scale.name}_evaluation")
-    return names
+    return names * cfg.num_seeds
 
 
 @pytest.fixture(scope="module", params=NAMES)
@@ -41,15 +42,21 @@ def test_smoke_run_writes_every_output(smoke_run):
     assert metrics["experiment"] == cfg.name and metrics["preset"] == "smoke"
     assert metrics["wall_time_s"] > 0
     assert [s.name for s in result.stages] == expected_stages(cfg)
+    assert [s.seed for s in result.stages][-1] == cfg.seed + cfg.num_seeds - 1
     assert all(s.built for s in result.stages)
+    assert metrics["seeds"] == list(range(cfg.seed, cfg.seed + cfg.num_seeds))
     for scale in cfg.scales():
         groups = {v.group for v in cfg.sde_variants(scale)}
         assert set(metrics["summary"][scale.name]) == groups
         for entry in metrics["summary"][scale.name].values():
             assert np.isfinite(entry["mean"]) and entry["mean"] >= 0
+            assert entry["num_seeds"] == cfg.num_seeds and entry["se_over_seeds"] >= 0
         for variant in metrics["results"][scale.name].values():
-            assert 0.0 <= variant["diverged_fraction"] <= 1.0
+            assert 0.0 <= variant["diverged_fraction"]["mean"] <= 1.0
             assert set(variant["per_condition"]) == set(cfg.conditions())
+            assert len(variant["per_replicate"]) == cfg.num_seeds
+        floor = metrics["floors"][scale.name]["score"]
+        assert np.isfinite(floor["mean"]) and floor["mean"] >= 0
         assert (result.run_dir / f"trajectories_{scale.name}.png").stat().st_size > 0
     assert f"| {cfg.scales()[0].name} |" in (result.run_dir / "report.md").read_text()
 
@@ -68,7 +75,7 @@ def test_one_changed_parameter_recomputes_only_what_depends_on_it(smoke_run):
     built = [s.name for s in other.stages if s.built]
     scale = cfg.scales()[0]
     sdes = [f"{scale.name}_sde_{v.name}" for v in cfg.sde_variants(scale)]
-    assert built == [*sdes, f"{scale.name}_evaluation"]
+    assert built == [*sdes, f"{scale.name}_evaluation"] * cfg.num_seeds
 
 
 def test_another_config_is_refused_and_the_run_left_untouched(smoke_run):
@@ -86,7 +93,7 @@ def test_a_new_code_version_rebuilds_exactly_the_dependent_stages(smoke_run, mon
     again = run(cfg, result.run_dir, progress=False)
     assert [s.name for s in again.stages if s.built] == [
         f"{scale.name}_evaluation" for scale in cfg.scales()
-    ]
+    ] * cfg.num_seeds
 
 
 def test_curie_weiss_has_no_learned_closure(smoke_run):
@@ -103,13 +110,14 @@ def test_predator_prey_mmd_is_resolved_in_time(smoke_run):
         pytest.skip("predator-prey only")
     evaluation = result.stages[-1].path
     # 2 test conditions; 20 steps saved every 10 -> 3 output times.
-    mmd = np.load(evaluation / "score_lam5_seed0.npy")
-    assert mmd.shape == (2, 3)
-    assert mmd[:, 0] == pytest.approx(0.0, abs=1e-6)  # both ensembles start at the same states
+    mmd = result.metrics["results"]["K5"]["lam5_seed0"]["mmd_over_time"]
+    assert len(mmd) == 3
+    assert mmd[0] == pytest.approx(0.0, abs=1e-6)  # both ensembles start at the same states
     assert np.load(evaluation / "truth.npy").shape == (2, 4, 3, 4)  # (conditions, runs, t, d)
     more = dataclasses.replace(cfg, lambdas=(1.0, 5.0, 10.0))
     extended = run(more, result.run_dir.parent / "more-lambdas", progress=False)
-    assert [s.name for s in extended.stages if s.built] == ["K5_sde_lam10_seed0", "K5_evaluation"]
+    built = [s.name for s in extended.stages if s.built]
+    assert built == ["K5_sde_lam10_seed0", "K5_evaluation"] * cfg.num_seeds
     old, new = result.metrics["summary"]["K5"], extended.metrics["summary"]["K5"]
     assert {g: new[g]["mean"] for g in old} == {g: old[g]["mean"] for g in old}
 

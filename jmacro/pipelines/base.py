@@ -382,6 +382,11 @@ class AbstractExperiment(abc.ABC):
         """Score of one test condition from normalised latents ``(R, T+1, d)``: a scalar or
         an array over time; its mean is the reported number (lower is better)."""
 
+    def exact_dynamics(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """The exact large-system drift ``(n, d)`` and diagonal covariance rate ``(n, d)`` of
+        the latents at ``z (n, d)`` where known (an oracle for the learned SDE); None if not."""
+        return None
+
     def reference_coordinates(self, offset: np.ndarray, scale: np.ndarray):
         """``(offset, scale)`` of the coordinates of the reference's test protocol, from the
         normaliser the SDE sees; default: the same."""

@@ -9,10 +9,13 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
+import numpy as np
+
 from jmacro.pipelines._spins import AbstractSpinExperiment
 from jmacro.pipelines.base import AutoencoderTraining, Pairs, SDETraining, param
 from jmacro.pipelines.ising import QUICK, REFERENCE_CPU, SMOKE
 from jmacro.systems import CurieWeiss as CurieWeissSystem
+from jmacro.systems.curie_weiss import mean_field_diffusion_sq, mean_field_drift
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -39,3 +42,11 @@ class CurieWeiss(AbstractSpinExperiment):
     pairs: Pairs = Pairs(boundary="mean_field")
     autoencoder: AutoencoderTraining = AutoencoderTraining(closure_dim=0)
     sde: SDETraining = SDETraining(diffusion="constant_diagonal", learning_rate=1e-2)
+
+    def exact_dynamics(self, z):
+        """Large-N drift tanh((m + h) / T) - m and covariance rate 2 (1 - m tanh) / N per
+        sweep, N = L^2 (``mean_field_drift``, ``mean_field_diffusion_sq``)."""
+        m, n = np.asarray(z, np.float64), self.large_size**2
+        drift = mean_field_drift(m, self.temperature, self.field)
+        cov = mean_field_diffusion_sq(m, self.temperature, self.field, n)
+        return np.asarray(drift), np.asarray(cov)

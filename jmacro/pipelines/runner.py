@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
@@ -384,13 +386,13 @@ def _run_scale(graph: _Graph, system, scale: Scale, truth: StageRecord, progress
             _validation_dt(truth.dataset, exp.step_duration),
             condition=None if condition is None else np.repeat(condition, steps, axis=0),
         )
-        latents = encode_configurations(ae, large.dataset["snapshots"])
+        latents = np.asarray(encode_configurations(ae, large.dataset["snapshots"]))
         normaliser = fit_normaliser(latents, val.dt, exp.sde.normalisation)
-        return normalise_pairs(val, normaliser), normaliser
+        return normalise_pairs(val, normaliser), normaliser, val, latents
 
     @functools.cache
     def encoded(method):
-        val, normaliser = normalised_validation()
+        val, normaliser = normalised_validation()[:2]
         p = pairs.dataset
         train = encode_partial_evolution_pairs(
             ae,
@@ -426,10 +428,10 @@ def _run_scale(graph: _Graph, system, scale: Scale, truth: StageRecord, progress
         sdes[variant] = graph.stage(
             name, "sde", config, [ae_stage, pairs, truth], build, directory=True
         )
-    return _evaluate(graph, scale, ae_stage, ae, truth, sdes, lambda: normalised_validation()[1])
+    return _evaluate(graph, scale, ae_stage, ae, truth, sdes, normalised_validation)
 
 
-def _evaluate(graph, scale, ae_stage, ae, truth, sdes, normaliser_fn) -> StageRecord:
+def _evaluate(graph, scale, ae_stage, ae, truth, sdes, validation_fn) -> StageRecord:
     """Rollouts of every SDE from the encoded initial test states, stored with the encoded
     truth (scoring is ``jmacro.pipelines.scoring``'s, from these arrays alone):
 
@@ -438,12 +440,17 @@ def _evaluate(graph, scale, ae_stage, ae, truth, sdes, normaliser_fn) -> StageRe
     - if the truth has event-stepped ``reference_test`` runs: ``ref_times`` (the grid
       k * mean step, k < S), ``ref_truth`` (each run's latents interpolated onto it) and
       ``ref_pred_<variant>`` (one Euler step per interval): the reference's protocol;
-    - ``norm_offset``, ``norm_scale``: the normaliser the SDEs see.
+    - ``norm_offset``, ``norm_scale``: the normaliser the SDEs see;
+    - ``val_z0``, ``val_dz``, ``val_dt`` (the full-system validation pairs, physical units),
+      ``val_drift_<variant>`` and ``val_cov_<variant>`` (the learned drift and diagonal
+      covariance rate at ``val_z0``): the learned dynamics against the true increments;
+    - for an experiment with ``exact_dynamics``: ``oracle_grid`` (latents over the data's
+      range) and ``oracle_drift_<variant>``, ``oracle_cov_<variant>`` there.
     """
     exp = graph.exp
 
     def build(writer):
-        normaliser = normaliser_fn()
+        _, normaliser, val, latents = validation_fn()
         writer.add("norm_offset", np.asarray(normaliser.offset))
         writer.add("norm_scale", np.asarray(normaliser.scale))
         test = truth.dataset["test"]  # (C, R, T+1, *state)
@@ -457,8 +464,20 @@ def _evaluate(graph, scale, ae_stage, ae, truth, sdes, normaliser_fn) -> StageRe
             writer.add("ref_times", reference[0])
             writer.add("ref_truth", reference[1])
         conditions = _optional(truth.dataset, "test_condition")  # (C, k)
+        z0 = np.asarray(val.z0, np.float32)
+        writer.add("val_z0", z0)
+        writer.add("val_dz", np.asarray(val.z1, np.float32) - z0)
+        writer.add("val_dt", np.asarray(val.dt, np.float32))
+        grid = _oracle_grid(exp, latents)
+        if grid is not None:
+            writer.add("oracle_grid", grid)
         for variant, stage in sdes.items():
             sde, key = load_model(stage.path), variant_key(exp, scale, variant)
+            for name, points, c in (("val", z0, val.condition), ("oracle", grid, None)):
+                if points is not None:
+                    drift, cov = _learned_dynamics(sde, points, c)
+                    writer.add(f"{name}_drift_{variant.name}", drift)
+                    writer.add(f"{name}_cov_{variant.name}", cov)
 
             def predict(z0, grid, offset, substeps, sde=sde, key=key):
                 return np.stack([
@@ -486,6 +505,30 @@ def _evaluate(graph, scale, ae_stage, ae, truth, sdes, normaliser_fn) -> StageRe
     config = {"evaluation": exp.evaluation, "variants": list(sdes)}
     upstream = [ae_stage, truth, *sdes.values()]
     return graph.stage(f"{scale.name}_evaluation", "evaluation", config, upstream, build)
+
+
+def _learned_dynamics(sde, z, condition=None) -> tuple[np.ndarray, np.ndarray]:
+    """The learned drift ``(n, d)`` and diagonal covariance rate ``(n, d)`` at latents
+    ``z (n, d)`` (physical units, per unit time), at conditions ``(n, k)`` or None."""
+    z = jnp.asarray(z, jnp.float32)
+    if condition is None:
+        drift = jax.vmap(sde.physical_drift)(z)
+        cov = jax.vmap(sde.physical_covariance_rate)(z)
+    else:
+        c = jnp.asarray(condition, jnp.float32)
+        drift = jax.vmap(sde.physical_drift)(z, c)
+        cov = jax.vmap(sde.physical_covariance_rate)(z, c)
+    return np.asarray(drift, np.float32), np.asarray(jnp.diagonal(cov, axis1=1, axis2=2))
+
+
+def _oracle_grid(exp, latents: np.ndarray) -> np.ndarray | None:
+    """33 one-dimensional latents over the data's range (1st to 99th percentile of the large
+    snapshots') within |z| <= 0.8, for an experiment with ``exact_dynamics``; else None."""
+    if latents.shape[1] != 1 or exp.exact_dynamics(latents[:1]) is None:
+        return None
+    low, high = np.percentile(latents[:, 0], [1, 99])
+    low, high = max(low, -0.8), min(high, 0.8)
+    return np.linspace(low, high, 33, dtype=np.float32)[:, None]
 
 
 def _validation_dt(truth, step_duration: float) -> np.ndarray:

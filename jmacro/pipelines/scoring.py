@@ -14,7 +14,15 @@ scale and SDE variant:
   latents); ``std_ratio``: predicted / true standard deviation per latent, from the variances
   averaged over t > 0 (invariant under the per-latent affine normalisation);
 - ``diverged_fraction``: predicted runs that leave 10 truth ranges or turn non-finite; the
-  scores are computed over the finite runs only, and the fraction is reported beside them.
+  scores are computed over the finite runs only, and the fraction is reported beside them;
+- the learned dynamics against the full-system validation increments (physical units), per
+  latent: ``cov_ratio`` = mean(r^2 / dt) / mean(learned covariance rate) with the residual
+  r = dz - drift dt (1 for a right diffusion), and ``drift_gap`` = the largest difference
+  between the mean of dz / dt and the mean learned drift over 10 quantile bins of the first
+  latent, with ``drift_gap_se`` its standard error;
+- with an exact oracle (``exact_dynamics``, Curie-Weiss): ``oracle_drift_error`` = max |learned
+  - exact drift| and ``oracle_cov_error`` = max |learned / exact covariance rate - 1| over the
+  data's range.
 
 Floors: the same score between two disjoint halves of the ground-truth runs (h = R // 2 runs
 each), multiplied by h / R: both metrics' noise terms scale as 1/R_a + 1/R_b (the squared
@@ -99,6 +107,7 @@ def score_variant(exp, evaluation, variant) -> dict:
         "diverged_fraction": diverged_fraction(pred, truth),
     }
     out["mmd"] = float(np.mean(out["mmd_over_time"]))
+    out.update(_dynamics_checks(exp, evaluation, variant))
     if "ref_truth" in evaluation:
         ref_t = _reference_coordinates(exp, np.asarray(evaluation["ref_truth"]), evaluation)
         ref_p = np.asarray(evaluation[f"ref_pred_{variant.name}"])
@@ -107,6 +116,34 @@ def score_variant(exp, evaluation, variant) -> dict:
             np.mean(_per_condition(relative_squared_error, ref_p, ref_t))
         )
         out["reference_diverged_fraction"] = diverged_fraction(ref_p, ref_t)
+    return out
+
+
+def _dynamics_checks(exp, evaluation, variant) -> dict:
+    """The learned drift and covariance against the validation increments and the oracle."""
+    z0, dz = np.asarray(evaluation["val_z0"]), np.asarray(evaluation["val_dz"])
+    dt = np.asarray(evaluation["val_dt"])[:, None]
+    drift = np.asarray(evaluation[f"val_drift_{variant.name}"])
+    cov = np.asarray(evaluation[f"val_cov_{variant.name}"])
+    residual = dz - drift * dt
+    out = {"cov_ratio": np.mean(residual**2 / dt, 0) / np.mean(cov, 0)}
+    edges = np.quantile(z0[:, 0], np.linspace(0, 1, 11))
+    bins = np.clip(np.searchsorted(edges, z0[:, 0], side="right") - 1, 0, 9)
+    gaps, ses = [], []
+    for b in range(10):
+        rate, inside = dz[bins == b] / dt[bins == b], bins == b
+        if inside.sum() > 1:
+            gaps.append(np.abs(rate.mean(0) - drift[inside].mean(0)))
+            ses.append(rate.std(0, ddof=1) / np.sqrt(inside.sum()))
+    worst = np.argmax(np.asarray(gaps), axis=0)
+    out["drift_gap"] = np.asarray(gaps)[worst, np.arange(dz.shape[1])]
+    out["drift_gap_se"] = np.asarray(ses)[worst, np.arange(dz.shape[1])]
+    if "oracle_grid" in evaluation:
+        exact_drift, exact_cov = exp.exact_dynamics(np.asarray(evaluation["oracle_grid"]))
+        learned = np.asarray(evaluation[f"oracle_drift_{variant.name}"])
+        learned_cov = np.asarray(evaluation[f"oracle_cov_{variant.name}"])
+        out["oracle_drift_error"] = float(np.max(np.abs(learned - exact_drift)))
+        out["oracle_cov_error"] = float(np.max(np.abs(learned_cov / exact_cov - 1)))
     return out
 
 
@@ -120,7 +157,16 @@ def floors(exp, evaluation) -> dict:
     return out
 
 
-_SCALARS = ("score", "reference_score", "mmd", "diverged_fraction", "reference_diverged_fraction")
+_SCALARS = (
+    "score",
+    "reference_score",
+    "mmd",
+    "diverged_fraction",
+    "reference_diverged_fraction",
+    "oracle_drift_error",
+    "oracle_cov_error",
+)
+_PER_LATENT = ("std_ratio", "cov_ratio", "drift_gap", "drift_gap_se")
 
 
 def summarise(exp, replicates: dict) -> dict:
@@ -162,7 +208,6 @@ def summarise(exp, replicates: dict) -> dict:
 
 
 def _variant_result(exp, variant, runs: list[dict], names: list[str]) -> dict:
-    std_ratio = np.mean([r["std_ratio"] for r in runs], axis=0)
     per_condition = np.mean([r["per_condition"] for r in runs], axis=0)
     return {
         "group": variant.group,
@@ -172,11 +217,12 @@ def _variant_result(exp, variant, runs: list[dict], names: list[str]) -> dict:
         "per_replicate": [r["score"] for r in runs],
         "mmd_over_time": [float(x) for x in np.mean([r["mmd_over_time"] for r in runs], 0)],
         "per_condition": dict(zip(exp.conditions(), map(float, per_condition), strict=True)),
-        "std_ratio": {
-            (names[k] if k < len(names) else f"latent {k}"): float(x)
-            for k, x in enumerate(std_ratio)
-        },
+        **{key: _by_latent(np.mean([r[key] for r in runs], axis=0), names) for key in _PER_LATENT},
     }
+
+
+def _by_latent(values, names: list[str]) -> dict:
+    return {(names[k] if k < len(names) else f"latent {k}"): float(x) for k, x in enumerate(values)}
 
 
 def _group_summary(members: list[list[dict]]) -> dict:
