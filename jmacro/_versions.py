@@ -12,8 +12,12 @@ VERSIONS: dict[str, int] = {
     "systems": 1,  # microscopic simulators (jmacro.systems)
     "simulate": 1,  # trajectory / ensemble drivers
     "scale": 1,  # partial evolution, LocalRelax, upsampling (jmacro.scale)
-    "models": 1,  # closure autoencoders and latent SDEs (jmacro.models)
-    "training": 1,  # pairs, losses, the fit loop (jmacro.training)
+    # closure autoencoders and latent SDEs (jmacro.models); 2: known="ising" is the lattice's
+    # domain-wall density, each patch owning its right and lower bonds (was: patch-periodic).
+    "models": 2,
+    # pairs, losses, the fit loop (jmacro.training); 2: "ours" pairs add the change of every
+    # bond touching the evolved patch (the known observables read through the lattice).
+    "training": 2,
     "rollout": 1,  # Euler-Maruyama rollouts (jmacro.rollout)
     "metrics": 1,  # scores (jmacro.metrics)
     # the runner's own choices (jmacro.pipelines.runner): the autoencoder's validation split

@@ -128,6 +128,32 @@ def tile(
     return y.reshape(rows * cols, ph, pw, *rest)
 
 
+def tile_with_halo(
+    x: Shaped[Array, "H W *rest"], patch: int | tuple[int, int], halo: int = 1
+) -> Shaped[Array, "K hh ww *rest"]:
+    """The K patches of ``tile``, each with the ``halo`` rows below it and the ``halo``
+    columns to its right (and the corner between them) of the periodic lattice.
+
+    Window ``k`` is ``x[r0 : r0 + h + halo, c0 : c0 + w + halo]`` (indices modulo ``H``, ``W``)
+    with ``(r0, c0)`` the origin of patch ``k``; ``window[:h, :w]`` is ``tile(x, patch)[k]``.
+    Neighbouring windows overlap by ``halo`` rows / columns. ``0 <= halo <= min(h, w)``.
+    """
+    ph, pw = check_patch_size(x.shape[:2], patch)
+    if not 0 <= halo <= min(ph, pw):
+        raise ValueError(f"halo must lie in [0, {min(ph, pw)}] for patches {(ph, pw)}, got {halo}.")
+    if not halo:
+        return tile(x, (ph, pw))
+    # Slices and reshapes only (a gather of the windows is 3-4x slower on CPU): each row of
+    # patches gets the next `halo` rows, then each patch the next `halo` columns.
+    rows, cols, rest = x.shape[0] // ph, x.shape[1] // pw, x.shape[2:]
+    below = jnp.roll(x, -ph, axis=0).reshape(rows, ph, *x.shape[1:])[:, :halo]
+    y = jnp.concatenate([x.reshape(rows, ph, *x.shape[1:]), below], axis=1)  # (R, h+halo, W)
+    right = jnp.roll(y, -pw, axis=2).reshape(rows, ph + halo, cols, pw, *rest)[:, :, :, :halo]
+    y = jnp.concatenate([y.reshape(rows, ph + halo, cols, pw, *rest), right], axis=3)
+    y = jnp.moveaxis(y, 2, 1)  # (R, C, h+halo, w+halo, *rest)
+    return y.reshape(rows * cols, ph + halo, pw + halo, *rest)
+
+
 def untile(
     patches: Shaped[Array, "K h w *rest"], shape: tuple[int, int]
 ) -> Shaped[Array, "H W *rest"]:

@@ -15,8 +15,13 @@ import pytest
 from jmacro import lattice, observables
 from jmacro.models import (
     ClosureAutoencoder,
+    build_model,
+    ising_observables,
+    ising_periodic_observables,
+    known_observables,
     make_field_autoencoder,
     make_spin_autoencoder,
+    model_hyperparams,
     spin_binary_cross_entropy,
 )
 from jmacro.training import TrainConfig, fit, reconstruction_loss
@@ -46,35 +51,109 @@ def encode_fns(spin_autoencoder):
 
 
 def test_encode_is_the_mean_of_patch_encodings(spin_autoencoder, encode_fns):
-    encode, encode_patches = encode_fns
+    encode, _ = encode_fns
+    model = spin_autoencoder
     x = jnp.asarray(random_spins(0, (16, 16)))
-    per_patch = encode_patches(lattice.tile(x, 8))
+    per_patch = eqx.filter_jit(lambda m, x: m.encode_patches(x))(model, x)
+    assert model.known_dim == 2 and model.latent_dim == 4
     chex.assert_shape(per_patch, (4, 4))
     chex.assert_trees_all_close(encode(x), jnp.mean(per_patch, axis=0), atol=1e-6)
+    # Each share: z* of the patch with its lower row / right column of lattice neighbours,
+    # phi_loc of the patch alone.
+    windows = lattice.tile_with_halo(x, 8, 1)
+    chex.assert_trees_all_equal(windows[:, :8, :8], lattice.tile(x, 8))
+    chex.assert_trees_all_equal(windows[1, :8, 8], x[:8, 0])  # patch 1's right: column 0
+    chex.assert_trees_all_equal(windows[2, 8, :8], x[0, :8])  # patch 2's below: row 0
+    chex.assert_trees_all_close(per_patch[:, :2], jax.vmap(ising_observables)(windows))
+    codes = eqx.filter_jit(lambda f, p: jax.vmap(f)(p))(model.local_encoder, lattice.tile(x, 8))
+    chex.assert_trees_all_close(per_patch[:, 2:], codes, atol=1e-6)
 
 
-def test_changing_one_patch_moves_z_by_its_difference_over_k(spin_autoencoder, encode_fns):
-    # The identity behind the "ours" pairs: z(x') - z(x) = (phi(x'_I) - phi(x_I)) / K.
-    encode, encode_patches = encode_fns
-    x = jnp.asarray(random_spins(1, (16, 16)))
-    new_patch = jnp.asarray(random_spins(2, (8, 8)))
-    index = 3
-    x_new = lattice.insert_patch(x, index, new_patch)
-    old_code, new_code = encode_patches(jnp.stack([lattice.extract_patch(x, index, 8), new_patch]))
-    expected = encode(x) + (new_code - old_code) / spin_autoencoder.num_patches
-    chex.assert_trees_all_close(encode(x_new), expected, atol=1e-6)
+@pytest.mark.parametrize("lattice_side", [16, 32])
+def test_known_ising_is_exactly_the_lattice_observables(lattice_side):
+    # Each patch owns its right and lower bonds, read through the lattice: the patch mean is
+    # the lattice's (m, domain-wall density) for every patch size (K = 1 included).
+    x = jnp.asarray(random_spins(lattice_side, (lattice_side, lattice_side)))
+    lattice_values = jnp.stack([observables.magnetisation(x), observables.domain_wall_density(x)])
+    for side in (4, 8, 16):
+        model = make_spin_autoencoder(rbg_key(0), lattice_side, side, closure_dim=0)
+        shares = model.encode_patches(x)
+        chex.assert_shape(shares, ((lattice_side // side) ** 2, 2))
+        chex.assert_trees_all_close(jnp.mean(shares, axis=0), lattice_values, atol=1e-6)
+        chex.assert_trees_all_close(model.encode(x), lattice_values, atol=1e-6)
+    # Rectangular lattices and patches (one row of patches: the halo row wraps onto itself).
+    x = jnp.asarray(random_spins(7, (8, 24)))
+    model = make_spin_autoencoder(rbg_key(0), (8, 24), (8, 6), closure_dim=0)
+    expected = jnp.stack([observables.magnetisation(x), observables.domain_wall_density(x)])
+    chex.assert_trees_all_close(model.encode(x), expected, atol=1e-6)
 
 
-def test_known_part_is_the_observables(spin_autoencoder, encode_fns):
-    encode, _ = encode_fns
+def test_periodic_option_keeps_the_reference_values():
+    # known="ising_periodic": bonds wrap around each patch, as in the reference; its patch
+    # mean is not the lattice's domain-wall density.
     x = jnp.asarray(random_spins(3, (16, 16)))
-    z = encode(x)
-    assert spin_autoencoder.known_dim == 2 and spin_autoencoder.latent_dim == 4
-    # magnetisation is a plain spatial mean: the patch mean is the lattice value exactly.
-    chex.assert_trees_all_close(z[0], observables.magnetisation(x), atol=1e-6)
-    # the domain-wall part is the mean of the patches' own (periodic-patch) densities.
-    patch_dw = jax.vmap(observables.domain_wall_density)(lattice.tile(x, 8))
-    chex.assert_trees_all_close(z[1], jnp.mean(patch_dw), atol=1e-6)
+    model = make_spin_autoencoder(rbg_key(0), 16, 8, closure_dim=0, known="ising_periodic")
+    patches = lattice.tile(x, 8)
+    reference = jnp.mean(
+        jax.vmap(lambda p: jnp.stack([jnp.mean(p.astype(jnp.float32)), _periodic_dw(p)]))(patches),
+        axis=0,
+    )
+    chex.assert_trees_all_close(model.encode(x), reference, atol=1e-6)
+    # A stripe of 8 down columns across the patch seam: 2 walls per row in the lattice, 2 per
+    # row in each patch (the wrapping bonds replace the crossing ones), twice the density.
+    stripe = jnp.ones((16, 16), jnp.int8).at[:, 2:10].set(-1)
+    chex.assert_trees_all_close(observables.domain_wall_density(stripe), jnp.float32(1 / 16))
+    chex.assert_trees_all_close(model.encode(stripe)[1], jnp.float32(2 / 16))
+    # encode_patch is the patch as a small periodic system, for either definition.
+    halo = make_spin_autoencoder(rbg_key(0), 16, 8, closure_dim=0)
+    for p in patches:
+        chex.assert_trees_all_close(halo.encode_patch(p), model.encode_patch(p), atol=1e-7)
+        chex.assert_trees_all_close(halo.encode_patch(p), ising_periodic_observables(p))
+
+
+def _periodic_dw(patch):
+    # The reference's patch density, written out: mean over the 2hw wrapping bonds.
+    s = patch.astype(jnp.float32)
+    bonds = jnp.concatenate([(s * jnp.roll(s, -1, 0)).ravel(), (s * jnp.roll(s, -1, 1)).ravel()])
+    return jnp.mean((1 - bonds) / 2)
+
+
+@pytest.mark.parametrize("known", ["ising", "ising_periodic"])
+def test_replacing_a_patch_moves_z_by_the_replacement_increment_over_k(spin_autoencoder, known):
+    # The identity behind the "ours" pairs: z(x') = z(x) + replacement_increment / K, for
+    # random lattices, patches and replacements, learned closure included.
+    ae = spin_autoencoder
+    model = ClosureAutoencoder(
+        ae.local_encoder, ae.decoder, known_observables(known), ae.config_shape, ae.patch_shape
+    )
+    increment = eqx.filter_jit(lambda m, x, i, p: m.replacement_increment(x, i, p))
+    encode = eqx.filter_jit(lambda m, x: m.encode(x))
+    rng = np.random.default_rng(8)
+    for trial in range(6):
+        x = jnp.asarray(random_spins(10 + trial, (16, 16)))
+        new_patch = jnp.asarray(random_spins(20 + trial, (8, 8)))
+        index = jnp.int32(rng.integers(0, 4))
+        x_new = lattice.insert_patch(x, index, new_patch)
+        step = increment(model, x, index, new_patch)
+        chex.assert_trees_all_close(
+            encode(model, x) + step / model.num_patches, encode(model, x_new), atol=1e-6
+        )
+        if known == "ising_periodic":  # no halo: the reference's phi_loc(new) - phi_loc(old)
+            old_patch = lattice.extract_patch(x, index, 8)
+            codes = jax.vmap(model.encode_patch)(jnp.stack([old_patch, new_patch]))
+            chex.assert_trees_all_close(step, codes[1] - codes[0], atol=1e-6)
+
+
+def test_old_hyperparameters_rebuild_the_model_they_were_saved_from():
+    # Format 1 (before the lattice-read bonds): known="ising" meant the patch-periodic bonds.
+    old = {"kind": "spin_autoencoder", "lattice_shape": [16, 16], "patch_shape": [8, 8]}
+    old |= {"closure_dim": 0, "known": "ising"}
+    assert build_model(old).known == known_observables("ising_periodic")
+    assert build_model({k: v for k, v in old.items() if k != "known"}).known.halo == 0
+    new = model_hyperparams("spin_autoencoder", **{k: v for k, v in old.items() if k != "kind"})
+    assert new["format"] == 2 and build_model(new).known == known_observables("ising")
+    with pytest.raises(ValueError, match="format 3"):
+        build_model({**new, "format": 3})
 
 
 def test_decoder_outputs_logits_of_the_whole_lattice(spin_autoencoder):

@@ -10,8 +10,8 @@ import jax.random as jr
 import numpy as np
 import pytest
 
-from jmacro import lattice
-from jmacro.models import make_spin_autoencoder
+from jmacro import lattice, observables
+from jmacro.models import ising_periodic_observables, make_spin_autoencoder
 from jmacro.training import (
     IncrementPairs,
     encode_configurations,
@@ -43,21 +43,53 @@ def patch_code(model, patch):
     return np.asarray(model.encode_patch(jnp.asarray(patch)))
 
 
-def test_ours_pairs_add_the_patch_difference(data):
+def test_ours_pairs_end_at_the_encoding_of_the_modified_lattice(data):
+    # z~ = z_t + K (phi(x') - phi(x_t)): with the known observables read through the lattice
+    # the increment includes the bonds of the neighbouring patches that point into the patch.
     model, snapshots, index, evolved, dt = data
     pairs = encode_partial_evolution_pairs(model, snapshots, index, evolved, dt, method="ours")
     chex.assert_shape((pairs.z0, pairs.z1, pairs.dt), ((NUM, 2), (NUM, 2), (NUM,)))
     for n in range(NUM):
         x = jnp.asarray(snapshots[n])
-        old = lattice.extract_patch(x, int(index[n]), 4)
+        moved = model.encode(lattice.insert_patch(x, int(index[n]), jnp.asarray(evolved[n])))
         chex.assert_trees_all_close(pairs.z0[n], np.asarray(model.encode(x)), atol=1e-6)
+        chex.assert_trees_all_close(pairs.z0[n] + (pairs.z1[n] - pairs.z0[n]) / 4, moved, atol=1e-6)
+        # (m, domain-wall density) of the modified lattice itself.
+        x_new = lattice.insert_patch(x, int(index[n]), jnp.asarray(evolved[n]))
+        lattice_values = [observables.magnetisation(x_new), observables.domain_wall_density(x_new)]
+        chex.assert_trees_all_close(moved, jnp.stack(lattice_values), atol=1e-6)
+    chex.assert_trees_all_close(pairs.dt, dt)
+
+
+def test_ours_pairs_with_a_learned_closure():
+    # closure_dim > 0: the closure part moves by phi_loc(new) - phi_loc(old), the known part
+    # by all the bonds touching the patch; together K times the change of the encoding.
+    rng = np.random.default_rng(1)
+    model = make_spin_autoencoder(rbg_key(1), 16, 4, closure_dim=2, base_channels=4)
+    snapshots = np.where(rng.random((NUM, 16, 16)) < 0.5, 1, -1).astype(np.int8)
+    evolved = np.where(rng.random((NUM, 4, 4)) < 0.5, 1, -1).astype(np.int8)
+    index = rng.integers(0, 16, NUM)
+    dt = np.full(NUM, 0.1, np.float32)
+    pairs = encode_partial_evolution_pairs(model, snapshots, index, evolved, dt, chunk_size=4)
+    x_new = np.array(snapshots)
+    for n in range(NUM):
+        r, c = divmod(int(index[n]), 4)
+        x_new[n, 4 * r : 4 * r + 4, 4 * c : 4 * c + 4] = evolved[n]
+    moved = encode_configurations(model, x_new)
+    chex.assert_trees_all_close(pairs.z0, encode_configurations(model, snapshots), atol=1e-6)
+    chex.assert_trees_all_close(pairs.z0 + (pairs.z1 - pairs.z0) / 16, moved, atol=1e-6)
+
+
+def test_ours_pairs_with_patch_periodic_observables_are_the_reference_formula(data):
+    # known="ising_periodic" reads no halo: z~ = z_t + phi_loc(new) - phi_loc(old).
+    _, snapshots, index, evolved, dt = data
+    model = make_spin_autoencoder(rbg_key(0), 8, 4, closure_dim=0, known="ising_periodic")
+    pairs = encode_partial_evolution_pairs(model, snapshots, index, evolved, dt, method="ours")
+    for n in range(NUM):
+        x = jnp.asarray(snapshots[n])
+        old = lattice.extract_patch(x, int(index[n]), 4)
         difference = patch_code(model, evolved[n]) - patch_code(model, old)
         chex.assert_trees_all_close(pairs.z1[n] - pairs.z0[n], difference, atol=1e-6)
-        # ... which is K times the true change of z when the patch is put back in place.
-        moved = model.encode(lattice.insert_patch(x, int(index[n]), jnp.asarray(evolved[n])))
-        true_change = np.asarray(moved - model.encode(x))
-        chex.assert_trees_all_close(difference, 4 * true_change, atol=1e-5)
-    chex.assert_trees_all_close(pairs.dt, dt)
 
 
 def test_baseline_and_patch_pairs(data):
@@ -70,6 +102,8 @@ def test_baseline_and_patch_pairs(data):
         x = jnp.asarray(snapshots[n])
         new = patch_code(model, evolved[n])
         old = patch_code(model, lattice.extract_patch(x, int(index[n]), 4))
+        # The evolved patch is a small periodic system: its own periodic observables.
+        chex.assert_trees_all_close(new, ising_periodic_observables(jnp.asarray(evolved[n])))
         # baseline, as in REFERENCE.md: (phi(x_t), phi_loc(x_{t+dt,I}))
         chex.assert_trees_all_close(baseline.z0[n], np.asarray(model.encode(x)), atol=1e-6)
         chex.assert_trees_all_close(baseline.z1[n], new, atol=1e-6)

@@ -35,20 +35,23 @@ from jmacro.scale import (
 from jmacro.simulate import random_trajectories, trajectories
 from jmacro.systems import CurieWeiss, GlauberIsing, PredatorPrey
 from jmacro.training import (
+    PAIR_METHODS,
     IncrementPairs,
     TrainConfig,
     encode_configurations,
+    encode_partial_evolution_pairs,
     fit,
     increment_loss_fn,
 )
 
-# part -> {version: digest of the probe's outputs at that version}
+# part -> {version: digest of the probe's outputs at that version} (training 1 predates the
+# probe's partial-evolution pairs)
 RECORDED = {
     "systems": {1: "8b05c9c2acb2bddd"},
     "simulate": {1: "f5719e30900663d2"},
     "scale": {1: "e77fb8f9176e4187"},
-    "models": {1: "d37857cf391e72ab"},
-    "training": {1: "390b5076f8decb36"},
+    "models": {1: "d37857cf391e72ab", 2: "70513654335c7741"},
+    "training": {1: "390b5076f8decb36", 2: "f7ed030d0d56e950"},
     "rollout": {1: "692f3636c6cf4842"},
     "metrics": {1: "e3987876a6452ead"},
     "runner": {3: "ca4899f6a3d8b5d9"},
@@ -147,12 +150,22 @@ def _pairs(n=64):
     return IncrementPairs(z0, z1, np.full(n, 0.1, np.float32))
 
 
+def _partial_pairs():
+    snapshots = np.stack([np.asarray(_spins(jr.key(i), (16, 16))) for i in range(3)])
+    evolved = np.stack([np.asarray(_spins(jr.key(20 + i), (8, 8))) for i in range(3)])
+    index, dt = np.array([0, 1, 3]), np.full(3, 0.1, np.float32)
+    return [
+        encode_partial_evolution_pairs(_autoencoder(), snapshots, index, evolved, dt, method=m)
+        for m in PAIR_METHODS
+    ]
+
+
 def _training():
     pairs, sde = _pairs(), _sde()
     loss = increment_loss_fn(4.0, 1e-4)(sde, pairs, None)
     config = TrainConfig(learning_rate=1e-3, batch_size=16, num_epochs=2, show_progress=False)
     trained = fit(sde, increment_loss_fn(1.0, 1e-4), pairs, pairs, jr.key(11), config).model
-    return [loss, jax.tree.leaves(trained)]
+    return [loss, jax.tree.leaves(trained), _partial_pairs()]
 
 
 def _rollout():

@@ -2,13 +2,24 @@
 
 The latent of one configuration x is
 
-    z(x) = (1/K) sum_k encode_patch(x_{I_k}),     encode_patch(p) = (z*(p), phi_loc(p)),
+    z(x) = (1/K) sum_k (z*(w_k), phi_loc(x_{I_k})),
 
-over the K patches I_k that tile the lattice (``jmacro.lattice.tile``): z* are the system's
-known observables (spatial means, so the patch mean of patch values is the full value) and
-phi_loc is a small local network. The encoder is therefore exactly patch-additive, which is
-what the partial-evolution pairs rely on: moving one patch changes z by
-(encode_patch(new) - encode_patch(old)) / K.
+over the K patches I_k that tile the lattice (``jmacro.lattice.tile``), in row-major order
+(``encode_patches`` gives the K shares). phi_loc is a small local network that reads the patch
+only. z* are the system's known observables (``KnownObservables``), each patch's share of a
+spatial mean, read from the window w_k: the patch plus, when the observables need it, a halo
+of the lattice's neighbouring sites below and to the right of it (periodic at the lattice
+level, ``lattice.tile_with_halo``). For Ising (``known="ising"``) each patch owns the bonds to
+its right and lower neighbours, so the patch mean of z* is the lattice's (magnetisation,
+domain-wall density) exactly, whatever the patch size; ``"ising_periodic"`` is the
+reference's definition, bonds wrapping around each patch, whose patch mean is not the
+lattice's domain-wall density (and differs between patch sizes).
+
+The encoder is therefore exactly patch-additive, which is what the partial-evolution pairs
+rely on: replacing one patch changes z by 1/K of the change of the shares that read it
+(``replacement_increment``): its own share and, through their halos, the known part of its
+left, upper and upper-left neighbours' shares. ``encode_patch`` encodes a patch as a small
+periodic system of its own (the halo wraps around the patch), what a small simulation is.
 
 A decoder maps z back to a whole configuration; the autoencoder is trained on reconstruction
 only: binary cross-entropy for spins (decoder outputs the logits of P(s = +1) per site), mean
@@ -22,6 +33,7 @@ cells), a field patch ``(n_patch_cells, n_species)``. Models act on ONE configur
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 
@@ -29,7 +41,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
-from jaxtyping import Array, Float, PRNGKeyArray, Shaped
+from jaxtyping import Array, Float, Int, PRNGKeyArray, Shaped
 
 from jmacro import lattice
 from jmacro._checks import check_positive_int
@@ -37,8 +49,70 @@ from jmacro.observables import domain_wall_density, magnetisation
 
 
 # ------------------------------------------------------------------------ known observables
-def ising_observables(patch: Shaped[Array, "h w"]) -> Float[Array, "2"]:
-    """(magnetisation, domain-wall density) of a spin patch, bonds wrapping periodically."""
+@dataclasses.dataclass(frozen=True)
+class KnownObservables:
+    """The known observables z* of one patch, read from the patch and a halo after it.
+
+    Attributes:
+        fn: ``window -> (known_dim,)``. The window is the patch with the ``halo`` rows below
+            it and the ``halo`` columns to its right: ``(h + halo, w + halo)``, the patch at
+            ``window[:h, :w]`` (a 1D field patch ``(n_cells, n_species)`` with ``halo = 0``).
+        halo: 0 (the patch alone) or the width of the halo ``fn`` reads. In the encoder the
+            halo holds the lattice's neighbouring spins (periodic at the lattice level,
+            ``lattice.tile_with_halo``); for a patch taken as a small periodic system of its
+            own (``ClosureAutoencoder.encode_patch``) it holds the patch's own periodic images.
+
+    z* must be a per-patch share of a spatial mean: the mean over the K patches of
+    ``fn(window_k)`` is then the observable of the whole lattice, exactly.
+    """
+
+    fn: Callable[[Array], Array]
+    halo: int = 0
+
+    def __post_init__(self):
+        if not callable(self.fn):
+            raise TypeError(f"known-observable fn must be callable, got {self.fn!r}.")
+        if isinstance(self.halo, bool) or not isinstance(self.halo, int) or self.halo < 0:
+            raise ValueError(f"halo must be an int >= 0, got {self.halo!r}.")
+
+    def periodic_window(self, patch: Shaped[Array, "h w"]) -> Shaped[Array, "hh ww"]:
+        """The window of ``patch`` taken as a small periodic system: its halo wraps around."""
+        if not self.halo:
+            return patch
+        return jnp.pad(patch, ((0, self.halo), (0, self.halo)), mode="wrap")
+
+
+def ising_observables(window: Shaped[Array, "hh ww"]) -> Float[Array, "2"]:
+    """(magnetisation, domain-wall density) of an ``(h, w)`` spin patch that owns its bonds.
+
+    ``window`` is the patch (``window[:h, :w]``) with the row below it and the column to its
+    right (``window[h, :w]``, ``window[:h, w]``; the corner ``window[h, w]`` is not read).
+    Each site owns two bonds, to its lower and to its right neighbour, so the patch owns 2hw
+    bonds, the ones to its right and lower neighbours crossing its boundary into the halo.
+    Returns ``(m, rho)`` with m = (1/hw) sum_{i in patch} s_i and
+    rho = (1/2hw) sum_{owned bonds ij} (1 - s_i s_j)/2, in [0, 1].
+
+    With the lattice's neighbouring spins in the halo (``lattice.tile_with_halo``) the K
+    patches own each of the 2n bonds of the periodic lattice exactly once, so the mean over
+    patches of rho is ``observables.domain_wall_density`` of the lattice, for any patch size.
+    Registered as ``"ising"`` (halo 1); ``ising_periodic_observables`` is the reference's.
+    """
+    s = window.astype(jnp.float32)
+    patch = s[:-1, :-1]
+    vertical, horizontal = patch * s[1:, :-1], patch * s[:-1, 1:]
+    density = 0.5 * (1.0 - 0.5 * (jnp.mean(vertical) + jnp.mean(horizontal)))
+    return jnp.stack([jnp.mean(patch), density])
+
+
+def ising_periodic_observables(patch: Shaped[Array, "h w"]) -> Float[Array, "2"]:
+    """(magnetisation, domain-wall density) of a spin patch as a small periodic system.
+
+    The reference's definition (``known="ising_periodic"``): the 2hw bonds of the patch wrap
+    around the patch itself (``observables.domain_wall_density(patch)``). The patch mean of
+    these densities is NOT the lattice's domain-wall density: the wrapping bonds replace the
+    bonds that cross patch boundaries (about +10% at patch side 8 and +6% at side 16 for
+    the reference's snapshots), so each patch size learns a different observable.
+    """
     return jnp.stack([magnetisation(patch), domain_wall_density(patch)])
 
 
@@ -52,22 +126,26 @@ def field_means(patch: Shaped[Array, "n s"]) -> Float[Array, " s"]:
     return jnp.mean(patch.astype(jnp.float32), axis=0)
 
 
-KNOWN_OBSERVABLES: dict[str, Callable[[Array], Array]] = {
-    "ising": ising_observables,
-    "magnetisation": magnetisation_observable,
-    "field_means": field_means,
+KNOWN_OBSERVABLES: dict[str, KnownObservables | Callable[[Array], Array]] = {
+    "ising": KnownObservables(ising_observables, halo=1),
+    "ising_periodic": KnownObservables(ising_periodic_observables),
+    "magnetisation": KnownObservables(magnetisation_observable),
+    "field_means": KnownObservables(field_means),
 }
 
 
-def known_observables(name: str) -> Callable[[Array], Array]:
-    """The known-observable function registered under ``name`` (see ``KNOWN_OBSERVABLES``)."""
+def known_observables(name: str) -> KnownObservables:
+    """The known observables registered under ``name`` (see ``KNOWN_OBSERVABLES``); a plain
+    function registered there is a ``KnownObservables`` of the patch alone (halo 0)."""
     try:
-        return KNOWN_OBSERVABLES[name]
+        known = KNOWN_OBSERVABLES[name]
     except KeyError:
         raise ValueError(
             f"unknown known-observable set {name!r}; use one of {sorted(KNOWN_OBSERVABLES)} "
-            "or register a function in jmacro.models.closure.KNOWN_OBSERVABLES."
+            "or register a KnownObservables (or a function of one patch) in "
+            "jmacro.models.closure.KNOWN_OBSERVABLES."
         ) from None
+    return known if isinstance(known, KnownObservables) else KnownObservables(known)
 
 
 # ------------------------------------------------------------------------- local encoders
@@ -348,25 +426,33 @@ def spin_binary_cross_entropy(
 
 # ----------------------------------------------------------------------------- autoencoder
 class ClosureAutoencoder(eqx.Module):
-    """z(x) = mean_k (z*(x_{I_k}), phi_loc(x_{I_k})) and a decoder z -> x (see module doc).
+    """z(x) = mean_k (z*(window_k), phi_loc(x_{I_k})) and a decoder z -> x (see module doc).
 
     Attributes:
         local_encoder: phi_loc, ``patch -> (closure_dim,)``; None when closure_dim = 0.
         decoder: ``z -> configuration`` with a ``reconstruction_loss(z, x)``; None when
             closure_dim = 0.
-        known_fn: z*, ``patch -> (known_dim,)``, a static function of one patch.
+        known: z*, a ``KnownObservables``: ``window -> (known_dim,)`` with the halo it reads
+            (``window_k`` is patch k with the lattice's neighbours in its halo).
         config_shape: shape of one whole configuration.
         patch_shape: shape of one patch (for 1D fields: ``(n_patch_cells, n_species)``).
     """
 
     local_encoder: eqx.Module | None
     decoder: eqx.Module | None
-    known_fn: Callable[[Array], Array] = eqx.field(static=True)
+    known: KnownObservables = eqx.field(static=True)
     config_shape: tuple[int, int] = eqx.field(static=True)
     patch_shape: tuple[int, int] = eqx.field(static=True)
 
     def __check_init__(self):
         lattice.check_patch_size(self.config_shape, self.patch_shape)
+        if not isinstance(self.known, KnownObservables):
+            raise TypeError(f"known must be a KnownObservables, got {self.known!r}.")
+        if self.known.halo > min(self.patch_shape):
+            raise ValueError(
+                f"the known observables read a halo of {self.known.halo}, more than the patch "
+                f"{self.patch_shape}."
+            )
         if (self.local_encoder is None) != (self.decoder is None):
             raise ValueError(
                 "local_encoder and decoder must both be given (closure_dim > 0) or both be "
@@ -375,8 +461,9 @@ class ClosureAutoencoder(eqx.Module):
 
     @property
     def known_dim(self) -> int:
-        dummy = jax.ShapeDtypeStruct(self.patch_shape, jnp.float32)
-        return jax.eval_shape(self.known_fn, dummy).shape[0]
+        halo = self.known.halo
+        dummy = jax.ShapeDtypeStruct(_grow(self.patch_shape, halo), jnp.float32)
+        return jax.eval_shape(self.known.fn, dummy).shape[0]
 
     @property
     def closure_dim(self) -> int:
@@ -395,31 +482,111 @@ class ClosureAutoencoder(eqx.Module):
         return lattice.num_patches(self.config_shape, self.patch_shape)
 
     def encode_patch(self, patch: Shaped[Array, "h w"]) -> Float[Array, " d"]:
-        """(z*(patch), phi_loc(patch)), shape ``(latent_dim,)``."""
+        """The patch encoded as a small periodic system of its own, shape ``(latent_dim,)``.
+
+        (z*(periodic window of the patch), phi_loc(patch)): a halo that the known observables
+        read wraps around the patch itself (``KnownObservables.periodic_window``), as the
+        bonds of a small periodic system do. For known observables that read no halo this is
+        also the patch's share of z(x) (a row of ``encode_patches``); for ``"ising"`` it
+        differs from it in the domain-wall density, which counts the patch's wrapping bonds.
+        """
         if patch.shape != self.patch_shape:
             raise ValueError(f"expected one patch of shape {self.patch_shape}, got {patch.shape}.")
-        known = self.known_fn(patch).astype(jnp.float32)
-        if self.local_encoder is None:
-            return known
-        return jnp.concatenate([known, self.local_encoder(patch)])
+        return self._code(self.known.periodic_window(patch), patch)
 
     def encode_patches(
         self, x: Shaped[Array, "H W"], patch_size: int | tuple[int, int] | None = None
     ) -> Float[Array, "K d"]:
-        """``encode_patch`` of each of the K tiles of ``x`` (row-major patch order)."""
+        """Each of the K patches' share of z(x), ``(K, latent_dim)`` in row-major patch order:
+        (z*(window_k), phi_loc(x_{I_k})), the known observables reading the lattice's
+        neighbouring sites in their halo (``lattice.tile_with_halo``), phi_loc the patch only.
+        """
         self._check_config(x)
-        patches = lattice.tile(x, self._patch_shape(patch_size))
-        return jax.vmap(self.encode_patch)(patches)
+        shape = self._patch_shape(patch_size)
+        windows = lattice.tile_with_halo(x, shape, self.known.halo)
+        if self.local_encoder is None:
+            return jax.vmap(self.known.fn)(windows).astype(jnp.float32)
+        return jax.vmap(self._code)(windows, lattice.tile(x, shape))
 
     def encode(
         self, x: Shaped[Array, "H W"], patch_size: int | tuple[int, int] | None = None
     ) -> Float[Array, " d"]:
-        """z(x) = mean over the K patches of ``encode_patch``; shape ``(latent_dim,)``.
+        """z(x) = mean over the K patches of their shares (``encode_patches``), ``(latent_dim,)``.
 
         ``patch_size`` defaults to (and must equal) the model's patch: the local network is
         built for one patch size. For 1D fields an int means that many cells.
         """
         return jnp.mean(self.encode_patches(x, patch_size), axis=0)
+
+    def replacement_increment(
+        self,
+        x: Shaped[Array, "H W"],
+        index: int | Int[Array, ""],
+        new_patch: Shaped[Array, "h w"],
+        codes: Float[Array, "K d"] | None = None,
+    ) -> Float[Array, " d"]:
+        """K (z(x') - z(x)), x' = ``x`` with patch ``index`` replaced by ``new_patch``.
+
+        Computed locally, from the shares that read the patch, exactly (up to float
+        rounding): the closure part is phi_loc(new_patch) - phi_loc(x_{I_index}); the known
+        part is sum_q z*(window_q of x') - z*(window_q of x) over the distinct patches q whose
+        window overlaps patch ``index``: the patch itself and, when the known observables read
+        a halo, its left, upper and upper-left neighbours (their halos end in its first
+        column, row and site; for ``"ising"``, the bonds they own that point into the patch).
+        The windows read x' outside patch ``index`` as x (the snapshot's frozen spins).
+
+        Args:
+            x: one configuration ``config_shape``.
+            index: the replaced patch, in [0, K) (row-major, as ``lattice.tile``); may be traced.
+            new_patch: ``patch_shape``, cast to ``x.dtype`` as ``lattice.insert_patch`` does.
+            codes: ``encode_patches(x)`` if already computed: the old patch's closure code is
+                read from it instead of being recomputed.
+
+        Returns:
+            ``(latent_dim,)``. ``z(x) + replacement_increment(...) / K == z(x')``.
+        """
+        self._check_config(x)
+        if new_patch.shape != self.patch_shape:
+            raise ValueError(
+                f"expected one patch of shape {self.patch_shape}, got {new_patch.shape}."
+            )
+        (ph, pw), (height, width), halo = self.patch_shape, self.config_shape, self.known.halo
+        rows, cols = height // ph, width // pw
+        row0, col0 = lattice.patch_origin(self.config_shape, self.patch_shape, index)
+        new_patch = new_patch.astype(x.dtype)
+
+        def windows(q_row, q_col):  # window of patch (q_row, q_col) in x and in x'
+            r = (q_row * ph + jnp.arange(ph + halo)) % height
+            c = (q_col * pw + jnp.arange(pw + halo)) % width
+            old = x[r[:, None], c[None, :]]
+            # Sites of the replaced patch (wherever the window wraps onto it) read new_patch.
+            dr, dc = (r - row0) % height, (c - col0) % width
+            inside = (dr < ph)[:, None] & (dc < pw)[None, :]
+            new = new_patch[jnp.minimum(dr, ph - 1)[:, None], jnp.minimum(dc, pw - 1)[None, :]]
+            return old, jnp.where(inside, new, old)
+
+        # Distinct patches whose window overlaps patch index: offsets up/left by 0 or 1
+        # (halo <= patch side), deduplicated on the patch grid (one row/column of patches).
+        shifts = (0, 1) if halo else (0,)
+        offsets = sorted({(a % rows, b % cols) for a in shifts for b in shifts})
+        p_row, p_col = index // cols, index % cols
+        pairs = [windows((p_row - a) % rows, (p_col - b) % cols) for a, b in offsets]
+        old, new = (jnp.stack(w) for w in zip(*pairs, strict=True))
+        known = jnp.sum(jax.vmap(self.known.fn)(new) - jax.vmap(self.known.fn)(old), axis=0)
+        known = known.astype(jnp.float32)
+        if self.local_encoder is None:
+            return known
+        if codes is None:
+            old_code = self.local_encoder(lattice.extract_patch(x, index, self.patch_shape))
+        else:
+            old_code = codes[index, self.known_dim :]
+        return jnp.concatenate([known, self.local_encoder(new_patch) - old_code])
+
+    def _code(self, window, patch) -> Float[Array, " d"]:
+        known = self.known.fn(window).astype(jnp.float32)
+        if self.local_encoder is None:
+            return known
+        return jnp.concatenate([known, self.local_encoder(patch)])
 
     def decode(self, z: Float[Array, " d"]) -> Float[Array, "H W"]:
         """The decoder output: spin logits ``(H, W)`` or a field ``(n_cells, n_species)``."""
@@ -475,18 +642,25 @@ def make_spin_autoencoder(
     Reference (Ising): 64x64 lattice, 16x16 patches, known = (m, domain-wall density),
     closure_dim = 2, base_channels = 32. Curie-Weiss: known = "magnetisation",
     closure_dim = 0. All arguments but ``key`` are JSON-friendly hyperparameters.
+
+    ``known`` names a ``KNOWN_OBSERVABLES`` entry: ``"ising"`` (default) is (m, domain-wall
+    density) with each patch owning its right and lower bonds, read through the lattice, so
+    that z* is the lattice's own (m, ``observables.domain_wall_density``) for every patch
+    size (``ising_observables``); ``"ising_periodic"`` is the reference's definition, bonds
+    wrapping around each patch (``ising_periodic_observables``; hyperparameters saved before
+    the change, format 1, rebuild with it: see ``jmacro.models.registry``).
     """
     config_shape = lattice.check_patch_size(_pair(lattice_shape), _pair(lattice_shape))
     patch = lattice.check_patch_size(config_shape, _pair(patch_shape))
-    known_fn = known_observables(known)
+    known = known_observables(known)
     closure_dim = _check_closure_dim(closure_dim)
+    skeleton = ClosureAutoencoder(None, None, known, config_shape, patch)
     if closure_dim == 0:
-        return ClosureAutoencoder(None, None, known_fn, config_shape, patch)
+        return skeleton
     key_enc, key_dec = jr.split(key)
     encoder = SpinPatchCNN(patch, closure_dim, key_enc, base_channels)
-    known_dim = jax.eval_shape(known_fn, jax.ShapeDtypeStruct(patch, jnp.float32)).shape[0]
-    decoder = SpinDecoder(known_dim + closure_dim, config_shape, key_dec, base_channels)
-    return ClosureAutoencoder(encoder, decoder, known_fn, config_shape, patch)
+    decoder = SpinDecoder(skeleton.known_dim + closure_dim, config_shape, key_dec, base_channels)
+    return ClosureAutoencoder(encoder, decoder, known, config_shape, patch)
 
 
 def make_field_autoencoder(
@@ -510,15 +684,19 @@ def make_field_autoencoder(
     num_species = check_positive_int(num_species, "num_species")
     config_shape, patch = (num_cells, num_species), (patch_cells, num_species)
     lattice.check_patch_size(config_shape, patch)
-    known_fn = known_observables(known)
+    known = known_observables(known)
+    skeleton = ClosureAutoencoder(None, None, known, config_shape, patch)
     if _check_closure_dim(closure_per_species) == 0:
-        return ClosureAutoencoder(None, None, known_fn, config_shape, patch)
+        return skeleton
     key_enc, key_dec = jr.split(key)
     encoder = FieldPatchMLP(patch, closure_per_species, key_enc, width_size, depth)
-    known_dim = jax.eval_shape(known_fn, jax.ShapeDtypeStruct(patch, jnp.float32)).shape[0]
-    latent_dim = known_dim + num_species * closure_per_species
+    latent_dim = skeleton.known_dim + num_species * closure_per_species
     decoder = FieldDecoder(latent_dim, config_shape, key_dec, width_size, depth)
-    return ClosureAutoencoder(encoder, decoder, known_fn, config_shape, patch)
+    return ClosureAutoencoder(encoder, decoder, known, config_shape, patch)
+
+
+def _grow(shape: tuple[int, int], halo: int) -> tuple[int, int]:
+    return (shape[0] + halo, shape[1] + halo)
 
 
 def _pair(side) -> tuple[int, int]:

@@ -2,15 +2,26 @@
 
 Given a large snapshot x_t, the index I of the one patch that was evolved, the evolved patch
 x_{t+dt,I} and the elapsed time dt (Algorithm 2 of the paper), with phi the autoencoder's
-``encode`` and phi_loc its ``encode_patch``:
+``encode``, phi_loc its ``encode_patch`` (a patch encoded as a small periodic system) and
+x'_{t+dt} the snapshot with patch I replaced by the evolved one (frozen elsewhere):
 
-- ``"ours"``:     z_t = phi(x_t),  z~ = z_t + phi_loc(x_{t+dt,I}) - phi_loc(x_{t,I});
+- ``"ours"``:     z_t = phi(x_t),  z~ = z_t + K (phi(x'_{t+dt}) - phi(x_t)),  computed locally
+  by ``ClosureAutoencoder.replacement_increment``: the patch's closure code phi_loc
+  difference plus the change of the known observables of every share that reads the patch
+  (for ``known="ising"``: all bonds touching the patch, the ones crossing its boundary read
+  against the snapshot's frozen neighbours). For known observables that read no halo this is
+  z_t + phi_loc(x_{t+dt,I}) - phi_loc(x_{t,I}), the reference's formula;
 - ``"baseline"``: z_t = phi(x_t),  z~ = phi_loc(x_{t+dt,I})   (the patch treated as the system;
   exactly as the reference builds it: the start point is the *large* system's latent);
 - ``"patch"``:    z_t = phi_loc(x_{t,I}),  z~ = phi_loc(x_{t+dt,I})  (a documented alternative
   baseline: a small system on its own, both ends from the patch).
 
-Note that "ours" has no 1/K factor: moving one patch moves z by (1/K) of that difference,
+The baselines treat the evolved patch as a small system of its own, and that small system is
+periodic (it is what a small simulation is), so its latent is phi_loc: the patch's own
+periodic observables (for Ising its domain-wall density counts the bonds wrapping around the
+patch), not its share of a large lattice.
+
+Note that "ours" has no 1/K factor: moving one patch moves z by (1/K) of that increment,
 but choosing the patch uniformly makes the increment an unbiased estimate of the *full*
 drift times dt, with K times the full covariance (Theorem 1) - hence lambda = K in the loss.
 
@@ -40,6 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, Shaped
 
+from jmacro import lattice
 from jmacro._checks import check_positive_int
 from jmacro.models.closure import ClosureAutoencoder
 from jmacro.models.sde import LatentNormaliser
@@ -76,17 +88,18 @@ def partial_evolution_pair(
     evolved_patch: Shaped[Array, "h w"],
     method: str = "ours",
 ) -> tuple[Float[Array, " d"], Float[Array, " d"]]:
-    """(z_t, z~_{t+dt}) for ONE snapshot whose patch ``patch_index`` became ``evolved_patch``."""
-    codes = autoencoder.encode_patches(snapshot)  # (K, d): z_t is their mean
-    old = codes[patch_index]
-    new = autoencoder.encode_patch(evolved_patch)
-    if method == "ours":
-        z_t = jnp.mean(codes, axis=0)
-        return z_t, z_t + new - old
-    if method == "baseline":
-        return jnp.mean(codes, axis=0), new
+    """(z_t, z~_{t+dt}), each ``(latent_dim,)``, for ONE ``snapshot`` whose patch
+    ``patch_index`` became ``evolved_patch`` (see the module doc for the methods)."""
     if method == "patch":
-        return old, new
+        old = lattice.extract_patch(snapshot, patch_index, autoencoder.patch_shape)
+        return autoencoder.encode_patch(old), autoencoder.encode_patch(evolved_patch)
+    codes = autoencoder.encode_patches(snapshot)  # (K, d): z_t is their mean
+    z_t = jnp.mean(codes, axis=0)
+    if method == "ours":
+        increment = autoencoder.replacement_increment(snapshot, patch_index, evolved_patch, codes)
+        return z_t, z_t + increment
+    if method == "baseline":
+        return z_t, autoencoder.encode_patch(evolved_patch)
     raise ValueError(f"unknown pair method {method!r}; use one of {PAIR_METHODS}.")
 
 
