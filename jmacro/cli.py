@@ -13,6 +13,7 @@ import json
 import logging
 import sys
 import time
+from pathlib import Path
 from typing import Annotated, Literal
 
 import equinox as eqx
@@ -133,9 +134,10 @@ def _describe_presets() -> str:
     return "; ".join(f"{name}: {', '.join(cls.presets)}" for name, cls in EXPERIMENTS.items())
 
 
-def run_command(argv: list[str]) -> None:
+def prepare_run(argv: list[str]) -> tuple:
     """``jmacro run EXPERIMENT [--preset P] [--out DIR] [--store DIR] [--force] [--quiet]
-    [overrides]``."""
+    [overrides]``: the validated config, its claimed run directory and the runner options.
+    Raises ``ValueError`` for the user's mistakes, before any compute."""
 
     if not argv or argv[0] in ("-h", "--help"):
         experiments = ", ".join(pipelines.EXPERIMENTS)
@@ -163,8 +165,16 @@ def run_command(argv: list[str]) -> None:
         f"({', '.join(type(base).presets)}), --out DIR, --store DIR, --force, --quiet (see "
         "`jmacro run --help`). Parameters below show this preset's values.",
     )
+    run_dir = Path(known.out) if known.out else pipelines.default_run_dir(cfg)
+    pipelines.claim_run_dir(run_dir, cfg)
+    return cfg, run_dir, known
+
+
+def run_command(cfg, run_dir, options) -> None:
+    """Run a validated config (``prepare_run``); errors from here on are not the user's and
+    surface with their traceback."""
     result = pipelines.run(
-        cfg, known.out, store=known.store, force=known.force, progress=not known.quiet
+        cfg, run_dir, store=options.store, force=options.force, progress=not options.quiet
     )
     metrics = result.metrics
     summary = ("experiment", "preset", "metric", "wall_time_s", "summary")
@@ -180,21 +190,24 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
     logger.setLevel(logging.INFO)
     argv = sys.argv[1:] if argv is None else argv
+    job = None
     try:
         if argv and argv[0] == "run":
-            run_command(argv[1:])
-            return
-        cfg = tyro.extras.subcommand_cli_from_dict(
-            {name: config for name, (config, _) in COMMANDS.items()},
-            prog="jmacro",
-            args=argv,
-            description="jmacro: learn macroscopic stochastic dynamics from small systems. "
-            "Commands: simulate, run (see `jmacro run --help`).",
-        )
-        next(fn for config, fn in COMMANDS.values() if isinstance(cfg, config))(cfg)
+            job = prepare_run(argv[1:])
+        else:
+            cfg = tyro.extras.subcommand_cli_from_dict(
+                {name: config for name, (config, _) in COMMANDS.items()},
+                prog="jmacro",
+                args=argv,
+                description="jmacro: learn macroscopic stochastic dynamics from small systems. "
+                "Commands: simulate, run (see `jmacro run --help`).",
+            )
+            next(fn for config, fn in COMMANDS.values() if isinstance(cfg, config))(cfg)
     except ValueError as error:
         print(f"jmacro: error: {error}", file=sys.stderr)
         raise SystemExit(2) from error
+    if job is not None:
+        run_command(*job)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from jmacro.pipelines.base import AbstractExperiment, RunResult, Scale, SDEVaria
 from jmacro.pipelines.curie_weiss import CurieWeiss
 from jmacro.pipelines.ising import Ising
 from jmacro.pipelines.predator_prey import PredatorPrey
-from jmacro.pipelines.runner import default_run_dir, run
+from jmacro.pipelines.runner import claim_run_dir, default_run_dir, run
 
 EXPERIMENTS: dict[str, type[AbstractExperiment]] = {
     cls.name: cls for cls in (Ising, CurieWeiss, PredatorPrey)
@@ -38,6 +38,7 @@ __all__ = [
     "RunResult",
     "SDEVariant",
     "Scale",
+    "claim_run_dir",
     "default_run_dir",
     "get_experiment",
     "run",

@@ -143,6 +143,56 @@ def plot_trajectories(path: Path, experiment, evaluation, variants) -> None:
     _save(fig, path, plt)
 
 
+def plot_oracle(path: Path, experiment, evaluation, variants) -> None:
+    """The learned drift and covariance rate of ``variants`` against the exact ones over the
+    data's range (experiments with ``exact_dynamics``)."""
+    plt = _pyplot()
+    grid = np.asarray(evaluation["oracle_grid"])
+    exact = experiment.exact_dynamics(grid)
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.4))
+    labels = ("drift (per unit time)", "diffusion^2 (per unit time)")
+    for ax, kind, truth, label in zip(axes, ("drift", "cov"), exact, labels, strict=True):
+        ax.plot(grid[:, 0], truth[:, 0], "k-", lw=1.5, label="exact (large N)")
+        for i, v in enumerate(variants):
+            learned = np.asarray(evaluation[f"oracle_{kind}_{v.name}"])[:, 0]
+            ax.plot(grid[:, 0], learned, "--", color=f"C{i}", label=v.group)
+        ax.set(xlabel=experiment.latent_names[0], ylabel=label)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(
+        f"{experiment.name}: learned vs exact dynamics ({experiment.describe()})", fontsize=8
+    )
+    _save(fig, path, plt)
+
+
+def _first_per_group(items, group_of) -> dict:
+    """The first item of each group, in order of first appearance."""
+    first: dict = {}
+    for item in items:
+        first.setdefault(group_of(item), item)
+    return first
+
+
+def _dynamics_table(metrics: dict, scale) -> list[str]:
+    """Per group: the covariance ratio and the binned drift gap (+- its SE) per latent
+    against the validation increments; the oracle errors where there is an oracle."""
+    results = metrics["results"][scale.name]
+    first = _first_per_group(results.values(), lambda r: r["group"])
+    oracle = "oracle_drift_error" in next(iter(results.values()))
+    head = "| group | cov ratio (data / learned) | drift gap +- SE |"
+    lines = [head + (" max drift error | max diffusion^2 error |" if oracle else ""), ""]
+    lines[1] = "|" + "---|" * (5 if oracle else 3)
+    for group, r in first.items():
+        gaps = ", ".join(
+            f"{g:.2g} +- {r['drift_gap_se'][k]:.1g}" for k, g in r["drift_gap"].items()
+        )
+        ratios = ", ".join(f"{x:.2f}" for x in r["cov_ratio"].values())
+        row = f"| {group} | {ratios} | {gaps} |"
+        if oracle:
+            row += f" {_pm(r['oracle_drift_error'])} | {_pm(r['oracle_cov_error'])} |"
+        lines.append(row)
+    return lines
+
+
 def _table(experiment, metrics: dict) -> list[str]:
     """jmacro's protocol: score +- SE over seeds per scale and group, the floor, the share
     of diverged runs, the predicted/true std ratio per latent."""
@@ -158,7 +208,7 @@ def _table(experiment, metrics: dict) -> list[str]:
         diverged = ", ".join(f"{g} {summary[g]['diverged_fraction']['mean']:.0%}" for g in groups)
         ratios = "; ".join(
             f"{g}: " + ", ".join(f"{v:.2f}" for v in r["std_ratio"].values())
-            for g, r in {r["group"]: r for r in results.values()}.items()
+            for g, r in _first_per_group(results.values(), lambda r: r["group"]).items()
         )
         floor = _pm(metrics["floors"][s.name]["score"])
         lines.append(
@@ -245,10 +295,23 @@ def _scale_section(run_dir, experiment, metrics, evaluation, scale) -> list[str]
         name = f"score_vs_group_{scale.name}.png"
         plot_score_vs_group(run_dir / name, experiment, metrics, scale)
         lines += [f"![score vs group]({name})", ""]
+    lines += [
+        "Learned dynamics against the full-system validation increments (per latent; first "
+        "model of each group, mean over replicates); a diffusion right within noise gives a "
+        "covariance ratio of 1:",
+        "",
+        *_dynamics_table(metrics, scale),
+        "",
+    ]
+    variants = experiment.sde_variants(scale)
+    firsts = list(_first_per_group(variants, lambda v: v.group).values())
+    if "oracle_grid" in evaluation:
+        name = f"oracle_{scale.name}.png"
+        plot_oracle(run_dir / name, experiment, evaluation, firsts)
+        lines += [f"![learned vs exact dynamics]({name})", ""]
     name = f"mmd_over_time_{scale.name}.png"
     plot_mmd_over_time(run_dir / name, experiment, metrics, np.asarray(evaluation["times"]), scale)
     lines += [f"![MMD over time]({name})", ""]
-    variants = experiment.sde_variants(scale)
     best = min(summary, key=lambda g: summary[g]["mean"])
     groups = list(dict.fromkeys(v.group for v in variants))
     shown = list(dict.fromkeys([groups[0], best, *groups[1:2]]))[:2]

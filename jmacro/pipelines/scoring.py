@@ -18,8 +18,8 @@ scale and SDE variant:
 - the learned dynamics against the full-system validation increments (physical units), per
   latent: ``cov_ratio`` = mean(r^2 / dt) / mean(learned covariance rate) with the residual
   r = dz - drift dt (1 for a right diffusion), and ``drift_gap`` = the largest difference
-  between the mean of dz / dt and the mean learned drift over 10 quantile bins of the first
-  latent, with ``drift_gap_se`` its standard error;
+  between the mean of dz / dt and the mean learned drift over quantile bins of the first
+  latent (10, or fewer to keep >= 20 pairs per bin), with ``drift_gap_se`` its standard error;
 - with an exact oracle (``exact_dynamics``, Curie-Weiss): ``oracle_drift_error`` = max |learned
   - exact drift| and ``oracle_cov_error`` = max |learned / exact covariance rate - 1| over the
   data's range.
@@ -127,10 +127,11 @@ def _dynamics_checks(exp, evaluation, variant) -> dict:
     cov = np.asarray(evaluation[f"val_cov_{variant.name}"])
     residual = dz - drift * dt
     out = {"cov_ratio": np.mean(residual**2 / dt, 0) / np.mean(cov, 0)}
-    edges = np.quantile(z0[:, 0], np.linspace(0, 1, 11))
-    bins = np.clip(np.searchsorted(edges, z0[:, 0], side="right") - 1, 0, 9)
+    num_bins = max(1, min(10, len(z0) // 20))  # >= 20 pairs per bin
+    edges = np.quantile(z0[:, 0], np.linspace(0, 1, num_bins + 1))
+    bins = np.clip(np.searchsorted(edges, z0[:, 0], side="right") - 1, 0, num_bins - 1)
     gaps, ses = [], []
-    for b in range(10):
+    for b in range(num_bins):
         rate, inside = dz[bins == b] / dt[bins == b], bins == b
         if inside.sum() > 1:
             gaps.append(np.abs(rate.mean(0) - drift[inside].mean(0)))
