@@ -1,10 +1,22 @@
-"""Throughput of the spin simulators; prints one JSON line per measurement.
+"""Spin simulators against the reference algorithm, side by side; one JSON line per case.
 
-    python benchmarks/bench_glauber.py [--model ising|curie-weiss|all]
+    python benchmarks/bench_glauber.py [--model ising|curie-weiss|all] [--repeats 5]
 
-Events are actual spin flips (the reference's unit); attempts include rejected ones.
-Reference implementation on a 2-core CPU (REFERENCE.md 4): 1.1e5 flips/s on one 64x64
-lattice, 3.4e5 flips/s for 2000 batched 16x16 patches.
+Each case times jmacro and the baseline alternately in this process (``--repeats`` rounds,
+after a warm-up/compilation call each) and prints the median throughputs and their ratio:
+absolute numbers on a shared CPU are noise, the ratio measured in one run is the result.
+
+Baseline (``reference_glauber.py``, numba, optional: ``pip install jmacro[bench]``): the
+reference's rejection-free O(n)-per-event algorithm, one thread. Without numba the lines
+carry jmacro's numbers only and say so.
+
+Cases (flips are actual spin flips, the reference's unit; a step is n flips):
+- one 64x64 lattice, ``advance_events`` steps (4096 flips each), Ising and Curie-Weiss;
+- 2000 patches of 16x16, one 256-flip step each (``jax.vmap`` of ``advance_events``; the
+  baseline runs the patches one after another);
+- checkerboard heat-bath sweeps of a 512x512 lattice, spin updates per ns, beside the RNG
+  floor: the rate at which ``jax.random.bits`` and jmacro's unrolled Threefry
+  (``jmacro.systems._bits``) generate one 32-bit word per update.
 """
 
 from __future__ import annotations
@@ -18,146 +30,173 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
+import reference_glauber as ref
 
 from jmacro.systems import CurieWeiss, GlauberIsing
 
-REFERENCE = {"single_64": 1.1e5, "patches_2000x16": 3.4e5}
+try:
+    from jmacro.systems._bits import random_bits
+except ImportError:  # jmacro before the unrolled Threefry (to measure the old kernels)
+    random_bits = None
+
+TEMPERATURE = {"ising": 2.5, "curie_weiss": 1.1}
+FIELD = 0.1
 
 
-def timed(fn, *args, repeats=3):
-    """Best wall time of ``repeats`` calls after one warm-up (compilation) call."""
-    jax.block_until_ready(fn(*args))
-    best = np.inf
+def _once(fn):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    return time.perf_counter() - start
+
+
+def side_by_side(jmacro_fn, baseline_fn, repeats):
+    """Alternating wall times of the two thunks after one warm-up call each."""
+    jax.block_until_ready(jmacro_fn())
+    if baseline_fn is not None:
+        baseline_fn()
+    t_jmacro, t_baseline = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        best = min(best, time.perf_counter() - start)
-    return best
+        t_jmacro.append(_once(jmacro_fn))
+        if baseline_fn is not None:
+            t_baseline.append(_once(baseline_fn))
+    return np.array(t_jmacro), (np.array(t_baseline) if t_baseline else None)
 
 
-def emit(**record):
+def emit(case, unit, work_jmacro, t_jmacro, work_baseline=None, t_baseline=None, **extra):
+    """One JSON line: median throughputs, their ratio and the spread of per-round ratios."""
+    jm = work_jmacro / t_jmacro
+    record = {"case": case, "unit": unit, "jmacro": float(np.median(jm))}
+    if t_baseline is None:
+        record.update(baseline=None, ratio=None, note="numba not installed: no baseline")
+    else:
+        base = work_baseline / t_baseline
+        ratios = jm / base
+        record.update(
+            baseline=float(np.median(base)),
+            ratio=float(np.median(jm) / np.median(base)),
+            ratio_min=float(ratios.min()),
+            ratio_max=float(ratios.max()),
+        )
+    record.update(extra)
     record.update(
+        repeats=len(t_jmacro),
         backend=jax.default_backend(),
-        device=str(jax.devices()[0]),
         cpu=platform.processor() or platform.machine(),
     )
     print(json.dumps(record), flush=True)
 
 
-def memory_bandwidth_gbs() -> float:
-    """Host copy bandwidth (read + write bytes per second), measured with NumPy."""
-    src = np.ones(2**28, np.uint8)
-    dst = np.empty_like(src)
-    best = np.inf
-    for _ in range(5):
-        start = time.perf_counter()
-        np.copyto(dst, src)
-        best = min(best, time.perf_counter() - start)
-    return 2 * src.nbytes / best / 1e9
+def events_cases(name, model, repeats):
+    temperature = TEMPERATURE[name]
+    key = jr.key(0)
+    beta = 1.0 / temperature
+
+    # One 64x64 lattice: 20 steps of 4096 flips; baseline: 1 step.
+    spins = model.advance_events(model.init_state(key, (64, 64)), key, 20 * 4096)[0]
+    num_steps = 20
+
+    @jax.jit
+    def single(s, k):
+        def step(s, k):
+            return model.advance_events(s, k)[0], None
+
+        return jax.lax.scan(step, s, jr.split(k, num_steps))[0]
+
+    flat = np.asarray(spins).reshape(-1).copy()
+    baseline_single = None
+    if ref.available():
+        ref.seed(0)
+        if name == "ising":
+            table = ref.neighbour_table(64, 64)
+
+            def baseline_single():
+                return ref.ising_events(flat, table, beta, 1.0, FIELD, 4096)
+        else:
+
+            def baseline_single():
+                return ref.curie_weiss_events(flat, beta, 1.0, FIELD, 4096)
+
+    t_j, t_b = side_by_side(lambda: single(spins, key), baseline_single, repeats)
+    emit(f"{name}_events_single_64x64", "flips/s", num_steps * 4096, t_j, 4096, t_b)
+
+    # 2000 patches of 16x16, one 256-flip step each; baseline: 200 patches in a row.
+    keys = jr.split(jr.fold_in(key, 1), 2000)
+    patches = jax.vmap(lambda k: model.advance_events(model.init_state(k, (16, 16)), k, 2560)[0])(
+        keys
+    )
+    batched = jax.jit(jax.vmap(lambda s, k: model.advance_events(s, k)[0]))
+    flat_patches = np.asarray(patches[:200]).reshape(200, -1).copy()
+    baseline_patches = None
+    if ref.available():
+        if name == "ising":
+            table16 = ref.neighbour_table(16, 16)
+
+            def baseline_patches():
+                return ref.ising_patches(flat_patches, table16, beta, 1.0, FIELD, 256)
+        else:
+
+            def baseline_patches():
+                return ref.curie_weiss_patches(flat_patches, beta, 1.0, FIELD, 256)
+
+    t_j, t_b = side_by_side(lambda: batched(patches, keys), baseline_patches, repeats)
+    emit(f"{name}_events_2000_patches_16x16", "flips/s", 2000 * 256, t_j, 200 * 256, t_b)
+
+
+def checkerboard_case(repeats):
+    model = GlauberIsing(TEMPERATURE["ising"], FIELD)
+    key = jr.key(0)
+    size, sweeps = 512, 20
+    spins = jnp.ones((size, size), jnp.int8)
+    run = jax.jit(lambda s, k: model.checkerboard_sweeps(s, k, sweeps))
+    updates = size * size * sweeps
+    lattice = np.ones((size, size), np.int8)
+    baseline = None
+    if ref.available():
+        beta = 1.0 / TEMPERATURE["ising"]
+
+        def baseline():
+            return ref.checkerboard_sweeps(lattice, beta, 1.0, FIELD, 2)
+
+    t_j, t_b = side_by_side(lambda: run(spins, key), baseline, repeats)
+    # The RNG floor: one 32-bit word per spin update, nothing else.
+    jax_bits = jax.jit(lambda k: jr.bits(k, (sweeps, size, size)))
+    unrolled_bits = None
+    if random_bits is not None:
+        unrolled = jax.jit(lambda k: random_bits(k, (sweeps, size, size)))
+
+        def unrolled_bits():
+            return unrolled(key)
+
+    t_jax, t_unrolled = side_by_side(lambda: jax_bits(key), unrolled_bits, repeats)
+    per_ns = updates / np.median(t_j) / 1e9
+    floor_jax = updates / np.median(t_jax) / 1e9
+    floor_unrolled = None if t_unrolled is None else updates / np.median(t_unrolled) / 1e9
+    best_floor = floor_jax if floor_unrolled is None else max(floor_jax, floor_unrolled)
+    emit(
+        "ising_checkerboard_512x512",
+        "spin updates/ns",
+        updates / 1e9,
+        t_j,
+        size * size * 2 / 1e9,
+        t_b,
+        rng_floor_jax_random_bits=floor_jax,
+        rng_floor_unrolled_threefry=floor_unrolled,
+        fraction_of_rng_floor=per_ns / best_floor,
+    )
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="ising", choices=["ising", "curie-weiss", "all"])
+    parser.add_argument("--model", default="all", choices=["ising", "curie-weiss", "all"])
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    key = jr.key(0)
-    ising = GlauberIsing(2.5, 0.1)
-
+    if not ref.available():
+        print("numba is not installed: printing jmacro's numbers without the baseline.")
     if args.model in ("ising", "all"):
-        # 1. One 64x64 lattice, reference step (4096 flips) x 20.
-        spins = ising.advance_time(ising.init_state(key, (64, 64)), key, 10.0)
-
-        @jax.jit
-        def events_single(s, k):
-            def step(s, k):
-                s, _, _ = ising._sequential(s, k, None, max_events=4096)
-                return s, None
-
-            return jax.lax.scan(step, s, jr.split(k, 20))[0]
-
-        sec = timed(events_single, spins, key)
-        emit(
-            case="ising_events_single_64x64",
-            flips_per_s=20 * 4096 / sec,
-            speedup_vs_reference=20 * 4096 / sec / REFERENCE["single_64"],
-        )
-
-        for method in ("parallel", "sequential"):
-            run = jax.jit(lambda s, k, m=method: _count_time(ising, s, k, 10.0, m))
-            sec = timed(run, spins, key)
-            flips, attempts = (int(x) for x in run(spins, key)[1:])
-            emit(
-                case=f"ising_time_{method}_single_64x64",
-                flips_per_s=flips / sec,
-                attempts_per_s=attempts / sec,
-                speedup_vs_reference=flips / sec / REFERENCE["single_64"],
-            )
-
-        # 2. 2000 patches of 16x16, one sweep each: 256 flips (events) or t = 1 (time).
-        patches = jax.vmap(lambda k: ising.advance_time(ising.init_state(k, (16, 16)), k, 5.0))(
-            jr.split(key, 2000)
-        )
-        keys = jr.split(jr.fold_in(key, 1), 2000)
-        events = jax.jit(jax.vmap(lambda s, k: ising._sequential(s, k, None, max_events=256)))
-        sec = timed(events, patches, keys)
-        emit(
-            case="ising_events_2000_patches_16x16",
-            flips_per_s=2000 * 256 / sec,
-            speedup_vs_reference=2000 * 256 / sec / REFERENCE["patches_2000x16"],
-        )
-        for method in ("parallel", "sequential"):
-            run = jax.jit(jax.vmap(lambda s, k, m=method: _count_time(ising, s, k, 1.0, m)))
-            sec = timed(run, patches, keys)
-            _, flips, attempts = run(patches, keys)
-            emit(
-                case=f"ising_time_{method}_2000_patches_16x16",
-                flips_per_s=int(flips.sum()) / sec,
-                attempts_per_s=int(attempts.sum()) / sec,
-                speedup_vs_reference=int(flips.sum()) / sec / REFERENCE["patches_2000x16"],
-            )
-
-        # 3. Checkerboard heat-bath sweeps.
-        bandwidth = memory_bandwidth_gbs()
-        for label, batch, size, sweeps in (("512x512", None, 512, 20), ("256x64x64", 256, 64, 20)):
-            if batch is None:
-                lattice_ = jnp.ones((size, size), jnp.int8)
-                run = jax.jit(lambda s, k, n=sweeps: ising.checkerboard_sweeps(s, k, n))
-                updates = size * size * sweeps
-            else:
-                lattice_ = jnp.ones((batch, size, size), jnp.int8)
-                run = jax.jit(jax.vmap(lambda s, k, n=sweeps: ising.checkerboard_sweeps(s, k, n)))
-                key_ = jr.split(key, batch)
-                updates = batch * size * size * sweeps
-            sec = timed(run, lattice_, key if batch is None else key_)
-            per_ns = updates / sec / 1e9
-            # Minimum traffic of an int8 sweep: read + write one byte per spin update.
-            emit(
-                case=f"ising_checkerboard_{label}",
-                spin_updates_per_ns=per_ns,
-                bytes_per_update_min=2,
-                memory_bandwidth_gb_s=bandwidth,
-                fraction_of_bandwidth=2 * per_ns / bandwidth,
-                gpu_h100_record_per_ns=900,
-            )
-
+        events_cases("ising", GlauberIsing(TEMPERATURE["ising"], FIELD), args.repeats)
+        checkerboard_case(args.repeats)
     if args.model in ("curie-weiss", "all"):
-        cw = CurieWeiss(1.1, 0.1)
-        states = jax.vmap(lambda k: cw.init_state(k, (64, 64)))(jr.split(key, 64))
-        run = jax.jit(jax.vmap(lambda s, k: cw.advance_events(s, k)))
-        sec = timed(run, states, jr.split(key, 64))
-        emit(case="curie_weiss_events_64x_64x64", flips_per_s=64 * 4096 / sec)
-
-
-def _count_time(model, spins, key, duration, method):
-    duration = jnp.float32(duration)
-    if method == "parallel":
-        return model._parallel(spins, key, duration, None)
-    from jmacro.geometry import Periodic
-    from jmacro.systems import _uniformized
-
-    k1, k2 = jr.split(key)
-    attempts = _uniformized.num_ticks(k1, duration, spins.size)
-    return model._sequential(spins, k2, Periodic(), max_attempts=attempts)
+        events_cases("curie_weiss", CurieWeiss(TEMPERATURE["curie_weiss"], FIELD), args.repeats)
 
 
 if __name__ == "__main__":
