@@ -263,10 +263,68 @@ def test_every_preset_upsamples_at_every_scale(name):
     """Every preset's upsampling runs through every intermediate size (a window as large as an
     intermediate lattice once crashed the paper preset at n_s = 8^2), on one tiny snapshot."""
     for preset in EXPERIMENTS[name].presets:
-        cfg = get_experiment(name, preset, upsampling=dict(num_random=1))
+        cfg = get_experiment(name, preset)
+        upsampling = dataclasses.replace(cfg.upsampling, num_random=1, num_unrelaxed=0)
+        cfg = dataclasses.replace(cfg, upsampling=upsampling)  # the preset's windows
         system = cfg.system()
         for scale in cfg.scales():
             picked = np.ones((1, scale.small_size, scale.small_size), np.int8)
             large = cfg.upsample(system, scale, picked, jr.key(0), False)
             assert large.shape == (2, cfg.large_size, cfg.large_size)
             assert set(np.unique(large)) <= {-1, 1}
+
+
+def _tiny(cfg):
+    """``cfg`` with every count cut to the minimum: sizes, windows and boundaries stay."""
+    replace = dataclasses.replace
+    return replace(
+        cfg,
+        num_seeds=1,
+        small=replace(cfg.small, num_trajectories=2, num_steps=2),
+        upsampling=replace(
+            cfg.upsampling, num_large=2, num_random=1, num_unrelaxed=1, snapshot_every=1
+        ),
+        autoencoder=replace(cfg.autoencoder, width=4, epochs=1, batch_size=4),
+        sde=replace(cfg.sde, epochs=1, batch_size=4),
+        truth=replace(
+            cfg.truth,
+            num_val_runs=2,
+            val_steps=2,
+            num_test_runs=2,
+            test_steps=2 * cfg.truth.save_every,
+            reference_steps=min(cfg.truth.reference_steps, 2),
+        ),
+    )
+
+
+@pytest.mark.slow  # about 2-4 minutes per experiment: every scale of the paper preset compiles
+@pytest.mark.parametrize("name", NAMES)
+def test_the_paper_preset_runs_end_to_end_at_tiny_counts(name, tmp_path):
+    """Every stage of the ``paper`` preset (its sizes, windows, boundaries, scales and
+    variants) runs, at every scale, with the counts cut to a few samples."""
+    cfg = _tiny(get_experiment(name, "paper"))
+    result = run(cfg, tmp_path / "run", progress=False)
+    assert [s.name for s in result.stages] == expected_stages(cfg)
+    for scale in cfg.scales():
+        for entry in result.metrics["summary"][scale.name].values():
+            assert np.isfinite(entry["mean"])
+
+
+@pytest.mark.parametrize("name", ["ising", "curie-weiss"])
+def test_the_reference_semantics_run_end_to_end(name, tmp_path):
+    """``pair_events=True``: n-flip steps with random durations for the small data, the pairs
+    and the validation runs; the reference protocol's event-stepped test runs are scored."""
+    cfg = get_experiment(name, "smoke", pair_events=True, num_seeds=1)
+    result = run(cfg, tmp_path / "run", progress=False)
+    stages = {s.name: s.dataset for s in result.stages}
+    scale = cfg.scales()[0]
+    small_dt = np.diff(np.asarray(stages[f"{scale.name}_small"]["times"]), axis=1)
+    val_dt = np.diff(np.asarray(stages["truth"]["validation_times"]), axis=1)
+    pair_dt = np.asarray(stages[f"{scale.name}_pairs"]["dt"])
+    for dt in (small_dt, val_dt, pair_dt):
+        assert np.all(dt > 0) and np.std(dt) > 0  # random durations, not a fixed step
+    # n flips at heat-bath rates < 1 per site and sweep take more than 1 sweep on average
+    assert small_dt.mean() > 1.0
+    assert stages["truth"]["reference_test"].shape[2] == cfg.truth.reference_steps + 1
+    summary = result.metrics["summary"][scale.name]["ours"]
+    assert np.isfinite(summary["reference_score"]["mean"])

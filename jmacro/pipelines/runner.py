@@ -281,9 +281,12 @@ def _data(graph: _Graph, system, scale: Scale, progress: bool):
     large = graph.stage(f"{scale.name}_large", "large", config, [small], large_build)
 
     def pairs_build(writer):
+        # block r of the pairs evolves an independent patch of every snapshot, in order
         snapshots, key = large.dataset["snapshots"], jr.fold_in(root, _PAIRS)
-        for name, array in exp.partial_pairs(system, scale, snapshots, key, progress).items():
-            writer.add(name, array)
+        keys = [key] + [jr.fold_in(key, 1_000_000 + r) for r in range(1, exp.pairs.per_snapshot)]
+        blocks = [exp.partial_pairs(system, scale, snapshots, k, progress) for k in keys]
+        for name in blocks[0]:
+            writer.add(name, np.concatenate([block[name] for block in blocks]))
 
     config = {"physics": physics, "pairs": exp.pairs, "scale": scale}
     pairs = graph.stage(f"{scale.name}_pairs", "pairs", config, [large], pairs_build)
@@ -393,16 +396,21 @@ def _run_scale(graph: _Graph, system, scale: Scale, truth: StageRecord, progress
     @functools.cache
     def encoded(method):
         val, normaliser = normalised_validation()[:2]
-        p = pairs.dataset
-        train = encode_partial_evolution_pairs(
-            ae,
-            large.dataset["snapshots"],
-            p["patch_index"],
-            p["patch_after"],
-            p["dt"],
-            method=method,
-            condition=_optional(p, "condition"),
-        )
+        p, snapshots = pairs.dataset, large.dataset["snapshots"]
+        condition, n = _optional(p, "condition"), len(snapshots)
+        blocks = [
+            encode_partial_evolution_pairs(
+                ae,
+                snapshots,
+                p["patch_index"][r * n : (r + 1) * n],
+                p["patch_after"][r * n : (r + 1) * n],
+                p["dt"][r * n : (r + 1) * n],
+                method=method,
+                condition=None if condition is None else condition[r * n : (r + 1) * n],
+            )
+            for r in range(exp.pairs.per_snapshot)
+        ]
+        train = jax.tree.map(lambda *parts: np.concatenate(parts), *blocks)
         return normalise_pairs(train, normaliser), val, normaliser
 
     condition = _optional(pairs.dataset, "condition")
