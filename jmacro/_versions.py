@@ -9,9 +9,13 @@ inputs and compares them with the fingerprint recorded for the current version.
 """
 
 VERSIONS: dict[str, int] = {
-    "systems": 1,  # microscopic simulators (jmacro.systems)
-    "simulate": 1,  # trajectory / ensemble drivers
-    "scale": 1,  # partial evolution, LocalRelax, upsampling (jmacro.scale)
+    # 2: the uniformized spin kernels draw other random words (two unrolled-Threefry words per
+    # attempt, integer acceptance thresholds, null ticks for non-power-of-two sizes): same
+    # law, other realisations. simulate and scale run the simulators, so their outputs moved
+    # with it (their own code did not change).
+    "systems": 2,  # microscopic simulators (jmacro.systems)
+    "simulate": 2,  # trajectory / ensemble drivers
+    "scale": 2,  # partial evolution, LocalRelax, upsampling (jmacro.scale)
     # closure autoencoders and latent SDEs (jmacro.models); 2: known="ising" is the lattice's
     # domain-wall density, each patch owning its right and lower bonds (was: patch-periodic).
     "models": 2,

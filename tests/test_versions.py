@@ -47,9 +47,9 @@ from jmacro.training import (
 # part -> {version: digest of the probe's outputs at that version} (training 1 predates the
 # probe's partial-evolution pairs)
 RECORDED = {
-    "systems": {1: "8b05c9c2acb2bddd"},
-    "simulate": {1: "f5719e30900663d2"},
-    "scale": {1: "e77fb8f9176e4187"},
+    "systems": {1: "8b05c9c2acb2bddd", 2: "874e45d06786bc99"},
+    "simulate": {1: "f5719e30900663d2", 2: "caba2d11d70b42c8"},
+    "scale": {1: "e77fb8f9176e4187", 2: "578bfe148303010d"},
     "models": {1: "d37857cf391e72ab", 2: "70513654335c7741"},
     "training": {1: "390b5076f8decb36", 2: "f7ed030d0d56e950"},
     "rollout": {1: "692f3636c6cf4842"},

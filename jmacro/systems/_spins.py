@@ -117,8 +117,10 @@ class AbstractHeatBathSpins(AbstractSystem):
     @abc.abstractmethod
     def _process(self, spins: Int8[Array, "H W"], boundary: AbstractBoundary) -> Process:
         """``(carry, attempt, finish)`` of the uniformized process of ``spins`` seeing
-        ``boundary``: ``attempt(carry, k, u, live) -> (carry, accepted)`` must flip site k iff
-        ``live and u < w_k``; ``finish(carry)`` returns the ``(H, W)`` spins."""
+        ``boundary``: ``attempt(carry, k, bits, live) -> (accepted, write)`` decides
+        ``accepted = live and bits < floor(2**32 w_k)`` and ``write(carry, ordered)`` flips site k
+        iff ``accepted and ordered`` (see ``_uniformized.run_attempts``); ``finish(carry)``
+        returns the ``(H, W)`` spins."""
 
     # ------------------------------------------------------------------ contract
     def init_state(

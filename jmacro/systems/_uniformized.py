@@ -6,6 +6,12 @@ updatable sites n) a site is chosen uniformly and flipped with probability w_i. 
 rate-n Poisson process this way produces exactly the continuous-time Markov process with
 flip rates w_i, at O(1) work per attempt (no O(n) scan of all rates).
 
+Each attempt uses two uniform 32-bit words: one picks the site (the top bits when n is a power
+of two; otherwise ``b mod n`` for ``b < n floor(2**32 / n)`` and a null tick above, the clock
+running at ``n 2**32 / (n floor(2**32 / n))`` so that each site still ticks at rate 1), the
+other accepts iff it is below the integer threshold ``floor(2**32 w_i)``. The words are drawn
+a block of attempts at a time by an unrolled Threefry (``jmacro.systems._bits``).
+
 Because the tick times are independent of the jump chain, times never need to be drawn
 per attempt:
 - by events: the time of the A-th tick, A being the number of attempts used to collect the
@@ -21,19 +27,71 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import jax.random as jr
-from jaxtyping import Array, Float, Int, PRNGKeyArray
+import numpy as np
+from jaxtyping import Array, Float, Int, PRNGKeyArray, UInt32
 
 from jmacro._checks import check_positive_int, is_concrete
+from jmacro.systems import _bits
 
-AttemptFn = Callable[[Any, Int[Array, ""], Float[Array, ""], jax.Array], tuple[Any, jax.Array]]
+AttemptFn = Callable[
+    [Any, Int[Array, ""], UInt32[Array, ""], jax.Array],
+    tuple[jax.Array, Callable[[Any, jax.Array], Any]],
+]
 
-# Attempts drawn per random-number batch: large enough to amortise the generator's call
-# overhead, small enough that the unused tail of the last batch costs little.
-_CHUNK = 128
+# Attempts per block: the 2 * _BLOCK random words of a block are drawn at once (amortising the
+# generator's fixed cost; the unrolled hash vectorises over the block), and the stopping rule is
+# checked between blocks only through the per-attempt ``live`` flag. Small blocks keep the
+# unused tail of the last block (and, under vmap, the lock-step overshoot) short.
+_BLOCK = 128
+# Attempts unrolled per iteration of the scalar attempt loop (loop overhead on XLA:CPU).
+_UNROLL = 1
 _INT_MAX = jnp.iinfo(jnp.int32).max
 # Above this many attempts per requested flip the rates are too small to reach the requested
 # number of flips; the event-count driver then stops and reports an infinite elapsed time.
 _MAX_ATTEMPTS_PER_EVENT = 10_000
+# Largest float32 below 2**32: integer thresholds are clamped to it.
+_THRESHOLD_MAX = 4294967040.0
+
+
+def accept_threshold(rate: Float[Array, "..."]) -> UInt32[Array, "..."]:
+    """``floor(2**32 w)`` as uint32: a uniform 32-bit word ``b`` has ``P(b < t) = t / 2**32``.
+
+    Exact for float32 rates up to the clamp at ``2**32 - 256`` (a rate that rounds to 1.0 in
+    float32 is accepted with probability ``1 - 2**-24``, within float32's own rounding).
+    """
+    scaled = jnp.floor(rate.astype(jnp.float32) * jnp.float32(2.0**32))
+    return jnp.clip(scaled, 0.0, _THRESHOLD_MAX).astype(jnp.uint32)
+
+
+def site_choice(num_sites: int) -> tuple[int, int | None]:
+    """``(shift, limit)`` of the map from a uniform 32-bit word to a site in ``[0, n)``.
+
+    A power of two n takes the top ``log2 n`` bits (``limit`` None). Otherwise a word
+    ``b < limit = n * floor(2**32 / n)`` picks site ``b mod n`` and a larger word is a null tick
+    that flips nothing; the merged clock then runs at ``clock_rate(n) = n 2**32 / limit`` so that
+    every site still ticks at rate exactly 1 (thinning, as for the rejected attempts).
+    """
+    if num_sites < 1 or num_sites > 2**31 - 1:
+        raise ValueError(f"the number of sites must be in [1, 2**31), got {num_sites}.")
+    if num_sites & (num_sites - 1) == 0:
+        return 32 - (num_sites.bit_length() - 1), None
+    return 0, (2**32 // num_sites) * num_sites
+
+
+def clock_rate(num_sites: int) -> float:
+    """Rate of the merged clock whose ticks are the attempts (n, up to the null ticks)."""
+    limit = site_choice(num_sites)[1]
+    return float(num_sites) if limit is None else num_sites * 2.0**32 / limit
+
+
+def pick_site(word: UInt32[Array, "*b"], num_sites: int) -> tuple[Int[Array, "*b"], jax.Array]:
+    """``(k, valid)``: the site each uniform word picks, and False for a null tick."""
+    shift, limit = site_choice(num_sites)
+    if limit is None:
+        if shift == 32:  # one site
+            return jnp.zeros(jnp.shape(word), jnp.int32), jnp.ones(jnp.shape(word), bool)
+        return (word >> np.uint32(shift)).astype(jnp.int32), jnp.ones(jnp.shape(word), bool)
+    return (word % np.uint32(num_sites)).astype(jnp.int32), word < np.uint32(limit)
 
 
 def run_attempts(
@@ -47,41 +105,53 @@ def run_attempts(
 ) -> tuple[Any, Int[Array, ""], Int[Array, ""]]:
     """Run uniformized attempts until ``max_events`` flips or ``max_attempts`` attempts.
 
+    Attempt ``a`` uses two uniform 32-bit words of the key's stream (``_bits.block_bits``):
+    word ``j`` of block ``a // _BLOCK`` picks the site (``pick_site``) and word
+    ``_BLOCK + j`` decides acceptance; ``j = a % _BLOCK``.
+
     Args:
         carry: the simulation state (a pytree), threaded through ``attempt_fn``.
-        key: PRNG key.
-        num_sites: n, the number of updatable sites; attempts pick ``k`` uniformly in [0, n).
-        attempt_fn: ``(carry, k, u, live) -> (carry, accepted)``; must flip site ``k`` iff
-            ``live and u < w_k`` and report that boolean. ``u ~ U[0, 1)``.
-        max_events, max_attempts: stopping rule (the first reached wins).
+        key: PRNG key (threefry).
+        num_sites: n, the number of updatable sites.
+        attempt_fn: ``(carry, k, bits, live) -> (accepted, write)``: reads site ``k`` and
+            its neighbours, ``accepted = live and bits < accept_threshold(w_k)`` (``bits`` a
+            uniform uint32 word), and ``write(carry, ordered) -> carry`` flips site k iff
+            ``accepted and ordered``. ``ordered`` is always True; it carries a data dependency
+            from everything that consumes the reads (the flip count) to the in-place write, so
+            XLA never copies the state to keep the old values alive. Read and write single
+            sites (scalar dynamic slices): a gather or a whole-state copy costs 10-60x.
+        max_events, max_attempts: stopping rule (the first reached wins); null ticks count
+            as attempts.
 
     Returns:
         ``(carry, num_flips, num_attempts)``.
     """
+    k0, k1 = _bits.key_words(key)
 
-    def chunk_body(state):
-        carry, num_flips, num_attempts, key = state
-        key, key_site, key_u = jr.split(key, 3)
-        sites = jr.randint(key_site, (_CHUNK,), 0, num_sites)
-        uniforms = jr.uniform(key_u, (_CHUNK,))
-        # Materialise the random numbers once per chunk: without the barrier XLA may fuse
-        # their generation into every iteration of the attempt loop.
-        sites, uniforms = jax.lax.optimization_barrier((sites, uniforms))
+    def block_body(state):
+        carry, num_flips, num_attempts, block = state
+        words = _bits.block_bits(k0, k1, block, 2 * _BLOCK)
+        # Materialise the words once per block: without the barrier XLA may fuse their
+        # generation into every iteration of the attempt loop.
+        words = jax.lax.optimization_barrier(words)
 
         def attempt(j, inner):
             carry, num_flips, num_attempts = inner
+            site_word = jax.lax.dynamic_index_in_dim(words, j, keepdims=False)
+            accept_word = jax.lax.dynamic_index_in_dim(words, j + _BLOCK, keepdims=False)
+            k, valid = pick_site(site_word, num_sites)
             live = (num_flips < max_events) & (num_attempts < max_attempts)
-            carry, accepted = attempt_fn(carry, sites[j], uniforms[j], live)
-            return (
-                carry,
-                num_flips + accepted.astype(jnp.int32),
-                num_attempts + live.astype(jnp.int32),
-            )
+            accepted, write = attempt_fn(carry, k, accept_word, live & valid)
+            num_flips = num_flips + accepted.astype(jnp.int32)
+            # ``num_flips >= 0`` always holds; as an operand of the write it orders every read
+            # of the old state (the flip count needs them) before the in-place write, so XLA
+            # needs no copy of the state (it cannot prove the condition and drop it).
+            return write(carry, num_flips >= 0), num_flips, num_attempts + live.astype(jnp.int32)
 
         carry, num_flips, num_attempts = jax.lax.fori_loop(
-            0, _CHUNK, attempt, (carry, num_flips, num_attempts)
+            0, _BLOCK, attempt, (carry, num_flips, num_attempts), unroll=_UNROLL
         )
-        return carry, num_flips, num_attempts, key
+        return carry, num_flips, num_attempts, block + np.uint32(1)
 
     def keep_going(state):
         _, num_flips, num_attempts, _ = state
@@ -89,7 +159,7 @@ def run_attempts(
 
     zero = jnp.zeros((), jnp.int32)
     carry, num_flips, num_attempts, _ = jax.lax.while_loop(
-        keep_going, chunk_body, (carry, zero, zero, key)
+        keep_going, block_body, (carry, zero, zero, jnp.zeros((), jnp.uint32))
     )
     return carry, num_flips, num_attempts
 
@@ -97,18 +167,18 @@ def run_attempts(
 def elapsed_time(
     key: PRNGKeyArray, num_attempts: Int[Array, ""], num_sites: int
 ) -> Float[Array, ""]:
-    """Continuous time of the ``num_attempts``-th tick of a rate-``num_sites`` Poisson clock.
+    """Continuous time of the ``num_attempts``-th tick of the merged clock of ``num_sites``.
 
-    ``dt ~ Gamma(num_attempts, rate=num_sites)``; exactly 0 for zero attempts.
+    ``dt ~ Gamma(num_attempts, rate=clock_rate(num_sites))``; exactly 0 for zero attempts.
     """
     shape = jnp.maximum(num_attempts, 1).astype(jnp.float32)
-    dt = jr.gamma(key, shape) / num_sites
+    dt = jr.gamma(key, shape) / jnp.float32(clock_rate(num_sites))
     return jnp.where(num_attempts > 0, dt, 0.0)
 
 
 def num_ticks(key: PRNGKeyArray, duration: Float[Array, ""], num_sites: int) -> Int[Array, ""]:
-    """Number of ticks of a rate-``num_sites`` Poisson clock in a window: Poisson(n t)."""
-    return jr.poisson(key, duration * num_sites).astype(jnp.int32)
+    """Number of ticks of the merged clock of ``num_sites`` in a window: Poisson(rate t)."""
+    return jr.poisson(key, duration * jnp.float32(clock_rate(num_sites))).astype(jnp.int32)
 
 
 def advance_events(
@@ -124,7 +194,7 @@ def advance_events(
             num_attempts)``, a system's uniformized driver.
         key: PRNG key.
         num_events: positive integer (may be traced); None means ``num_sites``.
-        num_sites: n, the rate of the merged Poisson clock.
+        num_sites: n, the number of sites (the merged clock runs at ``clock_rate(n)``).
 
     Returns:
         ``(state, dt)``; ``dt`` is ``inf`` if more than 10^4 attempts per flip were needed

@@ -28,9 +28,10 @@ from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, Int8, PRNGKeyArray, Shaped
+from jaxtyping import Array, Float, Int8, PRNGKeyArray, Shaped, UInt32
 
 from jmacro.geometry import AbstractBoundary, MeanField, Periodic
+from jmacro.systems import _uniformized
 from jmacro.systems._spins import AbstractHeatBathSpins, as_param
 
 
@@ -107,27 +108,53 @@ class CurieWeiss(AbstractHeatBathSpins):
         boundary = _field(spins, background_sum, num_total)
         return self.patch_step(spins, key, duration, boundary)[0]
 
+    def accept_thresholds(self, num_sites: int, background_sum, num_total) -> UInt32[Array, "2 m"]:
+        """Integer acceptance thresholds ``floor(2**32 w)`` of a patch of ``num_sites`` spins:
+        row ``s > 0``, column ``(p + n) / 2`` for the patch sum ``p = -n, -n + 2, ..., n``
+        (the whole system's sum is ``background_sum + p``)."""
+        patch_sum = jnp.arange(-num_sites, num_sites + 1, 2, dtype=jnp.int32)
+        total = patch_sum + jnp.asarray(background_sum, jnp.int32)
+        spin = jnp.array([[-1], [1]], jnp.int32)
+        return _uniformized.accept_threshold(self.flip_rate(spin, total[None], num_total))
+
     def _process(self, spins, boundary):
         shape = spins.shape
+        n = spins.size
         if isinstance(boundary, MeanField):
             background_sum, num_total = boundary.background_sum, boundary.num_total
         else:
-            background_sum, num_total = 0, spins.size
+            background_sum, num_total = 0, n
         flat = spins.reshape(-1)
-        total = flat.astype(jnp.int32).sum() + jnp.asarray(background_sum, jnp.int32)
+        thresholds = self.accept_thresholds(n, background_sum, num_total).reshape(-1)
+        patch_sum = flat.astype(jnp.int32).sum()
 
-        def attempt(carry, k, u, live):
-            flat, total = carry
-            s_k = flat[k]
-            accepted = live & (u < self.flip_rate(s_k, total, num_total))
-            flat = flat.at[k].set(jnp.where(accepted, -s_k, s_k))
-            total = total - jnp.where(accepted, 2 * s_k.astype(jnp.int32), 0)
-            return (flat, total), accepted
+        def attempt(carry, k, bits, live):
+            # Scalar reads and one scalar write: the state is never copied.
+            flat, patch_sum = carry
+            s_k = _read(flat, k)
+            index = jnp.where(s_k > 0, n + 1, 0) + ((patch_sum + n) >> 1)
+            accepted = live & (bits < _read(thresholds, index))
+
+            def write(carry, ordered):
+                flat, patch_sum = carry
+                patch_sum = patch_sum - jnp.where(accepted, 2 * s_k.astype(jnp.int32), 0)
+                # |patch_sum| <= n always: the condition orders the sum's read of s_k before
+                # the in-place write, as ``ordered`` does for the flip count.
+                flip = accepted & ordered & (patch_sum >= -n)
+                flat = jax.lax.dynamic_update_index_in_dim(flat, jnp.where(flip, -s_k, s_k), k, 0)
+                return flat, patch_sum
+
+            return accepted, write
 
         def finish(carry):
             return carry[0].reshape(shape)
 
-        return (flat, total), attempt, finish
+        return (flat, patch_sum), attempt, finish
+
+
+def _read(array, index):
+    """One element of a 1D array by a scalar dynamic slice (never a gather)."""
+    return jax.lax.dynamic_index_in_dim(array, index, keepdims=False)
 
 
 def _field(spins, background_sum, num_total) -> MeanField:

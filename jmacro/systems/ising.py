@@ -43,11 +43,12 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-from jaxtyping import Array, Float, Int8, PRNGKeyArray, Shaped
+from jaxtyping import Array, Float, Int8, PRNGKeyArray, Shaped, UInt32
 
 from jmacro import lattice
 from jmacro._checks import check_positive_int, is_concrete
 from jmacro.geometry import AbstractBoundary, FrozenHalo, Periodic
+from jmacro.systems import _uniformized
 from jmacro.systems._spins import (
     AbstractHeatBathSpins,
     as_param,
@@ -158,23 +159,37 @@ class GlauberIsing(AbstractHeatBathSpins):
             return self._parallel(spins, key, duration, halo)[0]
         raise ValueError(f"method must be 'parallel' or 'sequential', got {method!r}.")
 
+    def accept_thresholds(self) -> UInt32[Array, "10"]:
+        """Integer acceptance thresholds ``floor(2**32 w)`` of every (spin, neighbour sum):
+        entry ``5 (s > 0) + (sum + 4) / 2`` for ``s = -1, +1`` and ``sum = -4, -2, ..., 4``."""
+        spin = jnp.repeat(jnp.array([-1, 1], jnp.int8), 5)
+        neighbour_sum = jnp.tile(jnp.arange(-4, 5, 2, dtype=jnp.int32), 2)
+        return _uniformized.accept_threshold(self.flip_rate(spin, neighbour_sum))
+
     def _process(self, spins, boundary):
-        shape = spins.shape
+        shape = height, width = spins.shape
         halo = boundary.values if isinstance(boundary, FrozenHalo) else None
-        neighbours = jnp.asarray(lattice.neighbour_table(shape, halo is not None))
+        thresholds = self.accept_thresholds()
         if halo is None:
             state = spins.reshape(-1)
-            sites = None
+            neighbours = functools.partial(_periodic_neighbours, height=height, width=width)
         else:
             state = halo.astype(jnp.int8).at[1:-1, 1:-1].set(spins).reshape(-1)
-            sites = jnp.asarray(lattice.interior_indices(shape))
+            neighbours = functools.partial(_halo_neighbours, width=width)
 
-        def attempt(state, k, u, live):
-            i = k if sites is None else sites[k]
-            s_i = state[i]
-            rate = self.flip_rate(s_i, state[neighbours[k]].astype(jnp.int32).sum())
-            accepted = live & (u < rate)
-            return state.at[i].set(jnp.where(accepted, -s_i, s_i)), accepted
+        def attempt(state, k, bits, live):
+            # Scalar reads and one scalar write: no gather, no copy of the state.
+            i, nbs = neighbours(k)
+            s_i = _read(state, i)
+            total = sum(_read(state, j).astype(jnp.int32) for j in nbs)
+            index = jnp.where(s_i > 0, 5, 0) + ((total + 4) >> 1)
+            accepted = live & (bits < _read(thresholds, index))
+
+            def write(state, ordered):
+                flip = accepted & ordered
+                return jax.lax.dynamic_update_index_in_dim(state, jnp.where(flip, -s_i, s_i), i, 0)
+
+            return accepted, write
 
         def finish(state):
             if halo is not None:
@@ -276,6 +291,30 @@ class GlauberIsing(AbstractHeatBathSpins):
 
 def _boundary(halo) -> AbstractBoundary:
     return Periodic() if halo is None else FrozenHalo(halo)
+
+
+def _read(array, index):
+    """One element of a 1D array by a scalar dynamic slice (never a gather)."""
+    return jax.lax.dynamic_index_in_dim(array, index, keepdims=False)
+
+
+def _periodic_neighbours(k, *, height, width):
+    """Flat index of site k of a periodic ``(height, width)`` lattice and of its four
+    neighbours (up, down, left, right), by integer arithmetic."""
+    n = height * width
+    row, col = k // width, k % width
+    up = jnp.where(row == 0, k + (n - width), k - width)
+    down = jnp.where(row == height - 1, k - (n - width), k + width)
+    left = jnp.where(col == 0, k + (width - 1), k - 1)
+    right = jnp.where(col == width - 1, k - (width - 1), k + 1)
+    return k, (up, down, left, right)
+
+
+def _halo_neighbours(k, *, width):
+    """Flat index, in the padded ``(H+2, W+2)`` array, of interior site k and of its four
+    neighbours (up, down, left, right)."""
+    i = k + (k // width) * 2 + (width + 3)
+    return i, (i - (width + 2), i + (width + 2), i - 1, i + 1)
 
 
 @functools.lru_cache(maxsize=64)

@@ -1,0 +1,354 @@
+"""Exactness of the optimised spin kernels, bit for bit, and guards on their compiled loops.
+
+- ``_bits``: the unrolled Threefry gives the bits of ``jax.random.bits`` / jax's own hash.
+- Each uniformized kernel (Ising periodic, Ising in a frozen halo, Curie-Weiss in a mean field)
+  equals a short NumPy transcription of the algorithm fed the same random words: same final
+  state, flip count and attempt count. The law of the transcription is the textbook one
+  (uniform site, accept with probability floor(2**32 w) / 2**32, null ticks above the largest
+  multiple of n); the statistical tests in test_ising.py / test_curie_weiss.py check the law.
+- Guards: the optimised HLO of every simulator's loops holds no gather and no copy of the
+  whole state (either costs 10-60x on XLA:CPU).
+"""
+
+import re
+
+import jax
+import jax.extend.random as jex_random
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+
+from jmacro.geometry import FrozenHalo, MeanField, Periodic
+from jmacro.systems import CurieWeiss, GlauberIsing, _bits, _uniformized
+
+# ---------------------------------------------------------------------------- random bits
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2**31 - 1])
+@pytest.mark.parametrize("shape", [(1,), (7,), (3, 5), (2, 3, 4), (1000,), (2, 129)])
+def test_random_bits_equal_jax_random_bits(seed, shape):
+    key = jr.key(seed)
+    np.testing.assert_array_equal(_bits.random_bits(key, shape), jr.bits(key, shape))
+    jitted = jax.jit(lambda k: _bits.random_bits(k, shape))(key)
+    np.testing.assert_array_equal(jitted, jr.bits(key, shape))
+
+
+@pytest.mark.parametrize("block", [0, 1, 12345, 2**32 - 1])
+def test_block_bits_equal_jax_threefry(block):
+    key = jr.fold_in(jr.key(3), 7)
+    k0, k1 = _bits.key_words(key)
+    counts_hi = jnp.full(64, block, jnp.uint32)
+    counts_lo = jnp.arange(64, dtype=jnp.uint32)
+    hi, lo = jex_random.threefry2x32_p.bind(k0, k1, counts_hi, counts_lo)
+    np.testing.assert_array_equal(_bits.block_bits(k0, k1, block, 64), hi ^ lo)
+
+
+def test_vmapped_random_bits_equal_jax():
+    keys = jr.split(jr.key(5), 6)
+    out = jax.vmap(lambda k: _bits.random_bits(k, (33,)))(keys)
+    np.testing.assert_array_equal(out, jax.vmap(lambda k: jr.bits(k, (33,)))(keys))
+
+
+# ---------------------------------------------------------------------------- site choice
+
+
+@pytest.mark.parametrize("n", [1, 2, 9, 15, 16, 256, 4095, 4096, 10**6])
+def test_site_choice_is_uniform_over_the_valid_words(n):
+    shift, limit = _uniformized.site_choice(n)
+    words = np.array([0, 1, 2**31, 2**32 - 1, 12345678, 3_000_000_000], np.uint64)
+    k, valid = _uniformized.pick_site(jnp.asarray(words, jnp.uint32), n)
+    if limit is None:  # a power of two: top bits, never a null tick
+        assert np.all(valid)
+        np.testing.assert_array_equal(k, words >> shift if shift < 32 else 0)
+        assert _uniformized.clock_rate(n) == n
+    else:  # every site owns floor(2**32 / n) words below the limit
+        assert limit % n == 0 and 2**32 - limit < n
+        np.testing.assert_array_equal(valid, words < limit)
+        np.testing.assert_array_equal(np.asarray(k)[valid], (words % n)[valid])
+        assert _uniformized.clock_rate(n) == pytest.approx(n * 2**32 / limit, rel=1e-15)
+
+
+def test_accept_threshold_is_floor_of_2_to_32_w():
+    rates = jnp.array([0.0, 1e-9, 0.25, 0.5, 0.7310586, 0.999, 1.0], jnp.float32)
+    got = np.asarray(_uniformized.accept_threshold(rates), np.float64)
+    want = np.minimum(np.floor(np.asarray(rates, np.float64) * 2.0**32), 2.0**32 - 256)
+    np.testing.assert_array_equal(got, want)
+
+
+# ---------------------------------------------------------------------------- NumPy transcriptions
+
+
+def _words(key, num_blocks):
+    """The kernel's random words, block by block (checked against jax above)."""
+    k0, k1 = _bits.key_words(key)
+    size = 2 * _uniformized._BLOCK
+    return np.stack([np.asarray(_bits.block_bits(k0, k1, b, size)) for b in range(num_blocks)])
+
+
+def _reference_attempts(key, n, max_events, max_attempts, step):
+    """Uniformized attempts in NumPy: ``step(k, bits) -> accepted`` flips site k if accepted.
+
+    Attempt a uses word a % B of block a // B for the site and word B + a % B to accept; the
+    loop stops at the end of the block in which a stopping rule was reached."""
+    block_size = _uniformized._BLOCK
+    shift, limit = _uniformized.site_choice(n)
+    flips = attempts = 0
+    block = 0
+    while flips < max_events and attempts < max_attempts:
+        words = _words(key, block + 1)[block]
+        for j in range(block_size):
+            live = flips < max_events and attempts < max_attempts
+            word = int(words[j])
+            if limit is None:
+                k, valid = (0 if shift == 32 else word >> shift), True
+            else:
+                k, valid = word % n, word < limit
+            if live and valid and step(k, int(words[block_size + j])):
+                flips += 1
+            attempts += live
+        block += 1
+    return flips, attempts
+
+
+def _ising_reference(model, spins, key, halo, max_events, max_attempts):
+    spins = np.asarray(spins, np.int64).copy()
+    height, width = spins.shape
+    padded = np.pad(spins, 1, mode="wrap") if halo is None else np.asarray(halo, np.int64).copy()
+    thresholds = np.asarray(model.accept_thresholds(), np.int64)
+
+    def step(k, bits):
+        r, c = divmod(k, width)
+        if halo is None:
+            neighbours = (
+                spins[(r - 1) % height, c]
+                + spins[(r + 1) % height, c]
+                + spins[r, (c - 1) % width]
+                + spins[r, (c + 1) % width]
+            )
+        else:
+            padded[1:-1, 1:-1] = spins
+            neighbours = (
+                padded[r, c + 1] + padded[r + 2, c + 1] + padded[r + 1, c] + padded[r + 1, c + 2]
+            )
+        s = spins[r, c]
+        accepted = bits < thresholds[5 * (s > 0) + (neighbours + 4) // 2]
+        if accepted:
+            spins[r, c] = -s
+        return accepted
+
+    flips, attempts = _reference_attempts(key, spins.size, max_events, max_attempts, step)
+    return spins, flips, attempts
+
+
+def _curie_weiss_reference(model, spins, key, background, num_total, max_events, max_attempts):
+    flat = np.asarray(spins, np.int64).reshape(-1).copy()
+    n = flat.size
+    thresholds = np.asarray(model.accept_thresholds(n, background, num_total), np.int64)
+    state = {"sum": int(flat.sum())}
+
+    def step(k, bits):
+        s = flat[k]
+        accepted = bits < thresholds[int(s > 0), (state["sum"] + n) // 2]
+        if accepted:
+            flat[k] = -s
+            state["sum"] -= 2 * s
+        return accepted
+
+    flips, attempts = _reference_attempts(key, n, max_events, max_attempts, step)
+    return flat.reshape(np.shape(spins)), flips, attempts
+
+
+STOPS = [dict(max_events=37), dict(max_attempts=150), dict(max_events=500, max_attempts=333)]
+
+
+@pytest.mark.parametrize("shape", [(4, 4), (3, 5), (2, 7)])
+@pytest.mark.parametrize("stop", STOPS)
+@pytest.mark.parametrize("with_halo", [False, True])
+def test_ising_kernel_equals_numpy_transcription(shape, stop, with_halo):
+    model = GlauberIsing(2.2, 0.3, 0.9)
+    spins = model.init_state(jr.key(1), shape)
+    halo = model.init_state(jr.key(2), (shape[0] + 2, shape[1] + 2)) if with_halo else None
+    boundary = Periodic() if halo is None else FrozenHalo(halo)
+    key = jr.key(11)
+    run = jax.jit(lambda s, k: model._sequential(s, k, boundary, **stop))
+    out, flips, attempts = run(spins, key)
+    full = dict(max_events=2**31 - 1, max_attempts=2**31 - 1) | stop
+    want, want_flips, want_attempts = _ising_reference(model, spins, key, halo, **full)
+    np.testing.assert_array_equal(out, want)
+    assert (int(flips), int(attempts)) == (want_flips, want_attempts)
+    assert want_flips > 0
+
+
+@pytest.mark.parametrize("shape", [(4, 4), (3, 5), (1, 9)])
+@pytest.mark.parametrize("stop", STOPS)
+@pytest.mark.parametrize("field", ["whole", "mean_field"])
+def test_curie_weiss_kernel_equals_numpy_transcription(shape, stop, field):
+    model = CurieWeiss(0.9, 0.05, 1.2)
+    spins = model.init_state(jr.key(3), shape, 0.3)
+    n = shape[0] * shape[1]
+    background, num_total = (0, n) if field == "whole" else (-7, n + 41)
+    boundary = Periodic() if field == "whole" else MeanField(background, num_total)
+    key = jr.key(12)
+    run = jax.jit(lambda s, k: model._sequential(s, k, boundary, **stop))
+    out, flips, attempts = run(spins, key)
+    full = dict(max_events=2**31 - 1, max_attempts=2**31 - 1) | stop
+    want, want_flips, want_attempts = _curie_weiss_reference(
+        model, spins, key, background, num_total, **full
+    )
+    np.testing.assert_array_equal(out, want)
+    assert (int(flips), int(attempts)) == (want_flips, want_attempts)
+    assert want_flips > 0
+
+
+def test_thresholds_are_the_heat_bath_rates():
+    ising = GlauberIsing(2.2, 0.3, 0.9)
+    spin = np.repeat([-1.0, 1.0], 5)
+    total = np.tile(np.arange(-4, 5, 2), 2)
+    w = 1.0 / (1.0 + np.exp(2.0 * spin * (0.9 * total + 0.3) / 2.2))
+    got = np.asarray(ising.accept_thresholds(), np.float64) / 2.0**32
+    np.testing.assert_allclose(got, w, rtol=1e-6)
+    cw = CurieWeiss(0.9, 0.05, 1.2)
+    n, background, num_total = 6, -3, 15
+    patch = np.arange(-n, n + 1, 2)
+    rows = []
+    for s in (-1.0, 1.0):
+        field = 1.2 * (patch + background - s) / num_total + 0.05
+        rows.append(1.0 / (1.0 + np.exp(2.0 * s * field / 0.9)))
+    got = np.asarray(cw.accept_thresholds(n, background, num_total), np.float64) / 2.0**32
+    np.testing.assert_allclose(got, np.array(rows), rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------- HLO guards
+
+
+def _computations(hlo: str) -> dict[str, list[str]]:
+    comps, current = {}, None
+    for line in hlo.splitlines():
+        header = re.match(r"^(?:ENTRY )?%(\S+) ", line)
+        if header and line.rstrip().endswith("{"):
+            current = comps.setdefault(header.group(1), [])
+        elif line.startswith("}"):
+            current = None
+        elif current is not None:
+            current.append(line)
+    return comps
+
+
+def _loop_computations(hlo: str) -> dict[str, list[str]]:
+    """Every computation run inside a while loop (bodies, conditions and what they call)."""
+    comps = _computations(hlo)
+    todo = [name for lines in comps.values() for line in lines for name in _called(line, True)]
+    seen = {}
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in comps:
+            continue
+        seen[name] = comps[name]
+        todo += [callee for line in comps[name] for callee in _called(line, False)]
+    return seen
+
+
+def _called(line: str, loops_only: bool) -> list[str]:
+    pattern = r"(?:body|condition)=%([\w.\-]+)"
+    if not loops_only:
+        pattern = r"(?:body|condition|calls|to_apply)=%([\w.\-]+)"
+    return re.findall(pattern, line)
+
+
+def _loop_offences(fn, args, state_shape: str) -> list[str]:
+    hlo = jax.jit(fn).lower(*args).compile().as_text()
+    offences = []
+    for name, lines in _loop_computations(hlo).items():
+        for line in lines:
+            if re.search(r"\bgather\(", line):
+                offences.append(f"gather in {name}: {line.strip()[:160]}")
+            if re.search(rf"= {re.escape(state_shape)}(\{{[0-9,]*\}})? copy\(", line):
+                offences.append(f"copy of the state in {name}: {line.strip()[:160]}")
+    return offences
+
+
+def _ising_cases():
+    model = GlauberIsing(2.5, 0.1)
+    spins = model.init_state(jr.key(0), (8, 16))
+    halo = model.init_state(jr.key(1), (10, 18))
+    key = jr.key(2)
+    return [
+        ("events", lambda s, k: model.advance_events(s, k), (spins, key), "s8[128]"),
+        ("time", lambda s, k: model.advance_time(s, k, 1.0), (spins, key), "s8[128]"),
+        (
+            "halo_events",
+            lambda s, k, h: model.advance_events(s, k, halo=h),
+            (spins, key, halo),
+            "s8[180]",
+        ),
+        (
+            "halo_time",
+            lambda s, k, h: model.advance_time(s, k, 1.0, halo=h),
+            (spins, key, halo),
+            "s8[180]",
+        ),
+    ]
+
+
+def _curie_weiss_cases():
+    model = CurieWeiss(1.1, 0.1)
+    spins = model.init_state(jr.key(0), (8, 16))
+    key = jr.key(2)
+    return [
+        ("events", lambda s, k: model.advance_events(s, k), (spins, key), "s8[128]"),
+        (
+            "mean_field_time",
+            lambda s, k: model.advance_time(s, k, 1.0, background_sum=4, num_total=1000),
+            (spins, key),
+            "s8[128]",
+        ),
+    ]
+
+
+@pytest.mark.parametrize(
+    "case", _ising_cases() + _curie_weiss_cases(), ids=lambda c: c[0] if isinstance(c, tuple) else c
+)
+def test_compiled_loops_have_no_gather_and_no_state_copy(case):
+    _, fn, args, state_shape = case
+    assert _loop_offences(fn, args, state_shape) == []
+
+
+def test_the_guard_catches_a_gather_and_a_copy():
+    """The guard itself: the old attempt body (a vector gather of the neighbours) and a flip
+    count that re-reads the old state beside an in-place write (XLA then copies the state)
+    trip it."""
+    table = jnp.asarray(np.random.default_rng(0).integers(0, 128, (128, 4)), jnp.int32)
+    thresholds = jnp.arange(10, dtype=jnp.uint32) * 400_000_000
+
+    def old_style(state, key):
+        sites = jr.randint(key, (64,), 0, 128)
+
+        def body(j, carry):
+            state, count = carry
+            k = sites[j]
+            total = state[table[k]].astype(jnp.int32).sum()
+            flip = total > 0
+            new = state.at[k].set(jnp.where(flip, -state[k], state[k]))
+            return new, count + flip.astype(jnp.int32)
+
+        return jax.lax.fori_loop(0, 64, body, (state, jnp.int32(0)))
+
+    def unordered_count(state, words):
+        def body(j, carry):
+            state, count = carry
+            k = (words[j] >> 25).astype(jnp.int32)
+            s = jax.lax.dynamic_index_in_dim(state, k, keepdims=False)
+            up = jax.lax.dynamic_index_in_dim(state, (k + 1) & 127, keepdims=False)
+            index = jnp.where(s > 0, 5, 0) + ((up.astype(jnp.int32) + 1) >> 1)
+            flip = (count < 1000) & (words[j + 64] < thresholds[index])
+            new = jax.lax.dynamic_update_index_in_dim(state, jnp.where(flip, -s, s), k, 0)
+            return new, count + flip.astype(jnp.int32)
+
+        return jax.lax.fori_loop(0, 64, body, (state, jnp.int32(0)))
+
+    state = jnp.ones(128, jnp.int8)
+    gathers = _loop_offences(old_style, (state, jr.key(0)), "s8[128]")
+    assert any(o.startswith("gather") for o in gathers)
+    copies = _loop_offences(unordered_count, (state, jr.bits(jr.key(0), (128,))), "s8[128]")
+    assert any(o.startswith("copy") for o in copies)
