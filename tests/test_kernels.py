@@ -352,3 +352,33 @@ def test_the_guard_catches_a_gather_and_a_copy():
     assert any(o.startswith("gather") for o in gathers)
     copies = _loop_offences(unordered_count, (state, jr.bits(jr.key(0), (128,))), "s8[128]")
     assert any(o.startswith("copy") for o in copies)
+
+
+@pytest.mark.parametrize("shape", [(4, 6), (8, 2)])
+def test_checkerboard_equals_numpy_transcription(shape):
+    """Half-sweep c sets every site with (r + c') % 2 == c to +1 iff its word is below
+    floor(2**32 P(+1 | neighbours)); sweep t's word of site (r, c') is half c' // (W/2) of the
+    hash of counter (t, r * W/2 + c' % (W/2))."""
+    model = GlauberIsing(2.1, 0.2, 1.1)
+    spins = model.init_state(jr.key(4), shape)
+    key, num_sweeps = jr.key(13), 3
+    out = jax.jit(lambda s, k: model.checkerboard_sweeps(s, k, num_sweeps))(spins, key)
+    height, width = shape
+    k0, k1 = _bits.key_words(key)
+    p_up = model.flip_rate(jnp.int8(-1), jnp.arange(-4, 5, 2, dtype=jnp.int32))
+    thresholds = np.asarray(_uniformized.accept_threshold(p_up), np.int64)
+    want = np.asarray(spins, np.int64).copy()
+    for t in range(num_sweeps):
+        counters = jnp.arange(height * width // 2, dtype=jnp.uint32)
+        hi, lo = jex_random.threefry2x32_p.bind(k0, k1, jnp.full_like(counters, t), counters)
+        words = np.concatenate(
+            [np.asarray(hi).reshape(height, -1), np.asarray(lo).reshape(height, -1)], axis=1
+        )
+        for colour in (0, 1):
+            total = sum(np.roll(want, s, a) for s in (1, -1) for a in (0, 1))
+            for r in range(height):
+                for c in range(width):
+                    if (r + c) % 2 == colour:
+                        up = words[r, c] < thresholds[(total[r, c] + 4) // 2]
+                        want[r, c] = 1 if up else -1
+    np.testing.assert_array_equal(out, want)

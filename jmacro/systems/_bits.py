@@ -59,6 +59,18 @@ def block_bits(
     return b0 ^ b1
 
 
+def block_pairs(
+    k0: UInt32[Array, ""], k1: UInt32[Array, ""], block: UInt32[Array, ""] | int, shape
+) -> tuple[UInt32[Array, "..."], UInt32[Array, "..."]]:
+    """Both output words of the hash of counters ``(block, [0, prod(shape)))``: two
+    independent uniform words per hash (the XOR that ``jax.random.bits`` returns costs the
+    same hash for one word)."""
+    size = int(np.prod(shape, dtype=np.int64))
+    hi = jnp.asarray(block, jnp.uint32)
+    b0, b1 = threefry2x32(k0, k1, hi, jnp.arange(size, dtype=jnp.uint32))
+    return b0.reshape(shape), b1.reshape(shape)
+
+
 def random_bits(key: PRNGKeyArray, shape: tuple[int, ...]) -> UInt32[Array, "..."]:
     """``jax.random.bits(key, shape)`` (uint32) through the unrolled hash."""
     size = int(np.prod(shape, dtype=np.int64))
