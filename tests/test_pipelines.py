@@ -328,3 +328,9 @@ def test_the_reference_semantics_run_end_to_end(name, tmp_path):
     assert stages["truth"]["reference_test"].shape[2] == cfg.truth.reference_steps + 1
     summary = result.metrics["summary"][scale.name]["ours"]
     assert np.isfinite(summary["reference_score"]["mean"])
+
+
+def test_a_sub_config_override_keeps_the_presets_other_fields():
+    quick = get_experiment("ising", "quick")
+    more = get_experiment("ising", "quick", upsampling=dict(num_unrelaxed=7))
+    assert more.upsampling == dataclasses.replace(quick.upsampling, num_unrelaxed=7)

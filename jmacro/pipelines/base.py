@@ -417,12 +417,18 @@ class AbstractExperiment(abc.ABC):
 
     @classmethod
     def from_preset(cls, preset: str = "quick", **overrides: Any):
-        """The preset ``preset`` (``cls.presets``), with ``overrides`` on top."""
+        """The preset ``preset`` (``cls.presets``), with ``overrides`` on top; a sub-config
+        given as a dict changes only its own fields of the preset's sub-config."""
         if preset not in cls.presets:
             raise ValueError(
                 f"unknown preset {preset!r} for {cls.name}; choose one of {tuple(cls.presets)}."
             )
-        return cls.create(**{**cls.presets[preset], "preset": preset, **overrides})
+        fields = {**cls.presets[preset], "preset": preset}
+        for name, value in overrides.items():
+            if isinstance(value, Mapping) and isinstance(fields.get(name), Mapping):
+                value = {**fields[name], **value}
+            fields[name] = value
+        return cls.create(**fields)
 
     # ---- derived, shared
     def physics(self, *affects: str) -> dict[str, Any]:
