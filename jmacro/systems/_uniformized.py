@@ -43,7 +43,9 @@ AttemptFn = Callable[
 # checked between blocks only through the per-attempt ``live`` flag. Small blocks keep the
 # unused tail of the last block (and, under vmap, the lock-step overshoot) short.
 _BLOCK = 128
-# Attempts unrolled per iteration of the scalar attempt loop (loop overhead on XLA:CPU).
+# Attempts per iteration of the scalar attempt loop. Keep 1: unrolled, XLA fuses the flip
+# count of one attempt into the next ones, which then read an old state after the in-place
+# write and force a copy of the whole state per iteration (checked by tests/test_kernels.py).
 _UNROLL = 1
 _INT_MAX = jnp.iinfo(jnp.int32).max
 # Above this many attempts per requested flip the rates are too small to reach the requested
