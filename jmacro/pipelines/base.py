@@ -364,9 +364,11 @@ class AbstractExperiment(abc.ABC):
 
     @abc.abstractmethod
     def ground_truth(self, system, key, progress: bool) -> dict[str, np.ndarray]:
-        """``test (C, R, T+1, *state)`` on the test conditions and ``validation
-        (R, S+1, *state)`` full-system runs; both on the grid of ``step_duration``. A
-        conditioned experiment adds ``test_condition (C, k)`` (passed to the rollouts as
+        """``test (C, R, T+1, *state)`` on the test conditions (on the grid of
+        ``step_duration``) and ``validation (R, S+1, *state)`` full-system runs, on that grid
+        or on their own ``validation_times (R, S+1)``. Optional: ``reference_test (C, R, S'+1,
+        *state)`` with ``reference_times`` (event-stepped runs for the reference's protocol);
+        for a conditioned experiment ``test_condition (C, k)`` (passed to the rollouts as
         Diffrax ``args``) and ``validation_condition (R, k)``."""
 
     @abc.abstractmethod

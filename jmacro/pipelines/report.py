@@ -157,6 +157,7 @@ def plot_oracle(path: Path, experiment, evaluation, variants) -> None:
             learned = np.asarray(evaluation[f"oracle_{kind}_{v.name}"])[:, 0]
             ax.plot(grid[:, 0], learned, "--", color=f"C{i}", label=v.group)
         ax.set(xlabel=experiment.latent_names[0], ylabel=label)
+    axes[1].set_yscale("log")  # a baseline's K-fold diffusion would flatten the others
     axes[0].legend(fontsize=7)
     fig.suptitle(
         f"{experiment.name}: learned vs exact dynamics ({experiment.describe()})", fontsize=8

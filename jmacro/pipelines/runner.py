@@ -540,8 +540,9 @@ def _oracle_grid(exp, latents: np.ndarray) -> np.ndarray | None:
 
 
 def _validation_dt(truth, step_duration: float) -> np.ndarray:
-    """Per-pair durations ``(R * S,)`` of the validation runs: their own random step times
-    when event-stepped (``validation_times (R, S+1)``), else ``step_duration``."""
+    """Per-pair durations ``(R * S,)`` of the validation runs: from their ``validation_times
+    (R, S+1)`` when given (random n-flip steps, or the pairs' duration), else
+    ``step_duration``."""
     if "validation_times" in truth:
         return np.diff(np.asarray(truth["validation_times"], np.float32), axis=1).reshape(-1)
     runs, steps = truth["validation"].shape[:2]
@@ -558,15 +559,13 @@ def _reference_truth(ae, truth) -> tuple[np.ndarray, np.ndarray] | None:
     """The reference's test protocol (REFERENCE.md 3.1): event-stepped runs
     ``reference_test (C, R, S+1, *state)`` with their own random ``reference_times``,
     interpolated linearly onto the common grid t_k = k * mean_dt, k = 0 .. S - 1, where
-    mean_dt is the mean step of the validation runs when they are event-stepped
-    (``validation_times``), else of the test runs themselves. None without such runs."""
+    mean_dt is the mean step of these runs (the reference takes its validation runs' mean
+    n-flip step: the same dynamics from other initial states). None without such runs."""
     if "reference_test" not in truth:
         return None
     times = np.asarray(truth["reference_times"], np.float64)  # (C, R, S+1)
     steps = times.shape[-1] - 1
-    source = times if "validation_times" not in truth else truth["validation_times"]
-    source = np.asarray(source, np.float64)
-    mean_dt = float((source[..., -1] - source[..., 0]).mean() / (source.shape[-1] - 1))
+    mean_dt = float((times[..., -1] - times[..., 0]).mean() / steps)
     grid = (np.arange(steps) * mean_dt).astype(np.float32)
     z = _encode_runs(ae, truth["reference_test"])
     flat_t = times.reshape(-1, steps + 1).astype(np.float32)
