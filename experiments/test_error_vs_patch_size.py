@@ -5,7 +5,9 @@
     python experiments/test_error_vs_patch_size.py --preset paper --boundary halo   # on a GPU
 
 Each system runs through ``jmacro.pipelines.run`` (its default run directory, stages cached in
-runs/stages), then one table with ours, baseline and the reference implementation's numbers.
+runs/stages, 3 replicate seeds), then one Markdown table: jmacro's protocol and the reference's
+(REFERENCE.md 3.1), each with standard errors over seeds and its Monte Carlo floor, beside the
+reference implementation's numbers and the ratio.
 """
 
 from __future__ import annotations
@@ -13,6 +15,11 @@ from __future__ import annotations
 import argparse
 
 from jmacro.pipelines import get_experiment, run
+
+
+def _pm(entry) -> str:
+    se = entry.get("se", entry.get("se_over_seeds"))
+    return f"{entry['mean']:.3g}" + (f" +- {se:.2g}" if se is not None else "")
 
 
 def main():
@@ -24,17 +31,29 @@ def main():
     parser.add_argument("--boundary", default=None, help="override the partial-evolution boundary")
     args = parser.parse_args()
     print(
-        f"{'system':12} {'n_s':>6} {'ours':>10} {'baseline':>10} {'ref ours':>10} {'ref base':>10}"
+        "| system | n_s (K) | jmacro protocol: ours | baseline | floor | reference protocol: "
+        "ours | baseline | floor | paper ours | paper baseline | ours / paper |"
     )
+    print("|" + "---|" * 11)
     for system in args.systems:
         overrides = {"pairs": {"boundary": args.boundary}} if args.boundary else {}
         cfg = get_experiment(system, args.preset, **overrides)
-        summary = run(cfg).metrics["summary"]
+        metrics = run(cfg).metrics
         for scale in cfg.scales():
-            cells = [summary[scale.name][g]["mean"] for g in ("ours", "baseline")]
-            cells += [cfg.reference(scale, g) for g in ("ours", "baseline")]
-            text = " ".join(f"{v:10.3g}" if v is not None else f"{'-':>10}" for v in cells)
-            print(f"{system:12} {int(scale.label):6d} {text}")
+            groups, floors = metrics["summary"][scale.name], metrics["floors"][scale.name]
+            cells = [_pm(groups[g]) for g in ("ours", "baseline")] + [_pm(floors["score"])]
+            paper = [cfg.reference(scale, g) for g in ("ours", "baseline")]
+            if "reference_score" in floors:
+                cells += [_pm(groups[g]["reference_score"]) for g in ("ours", "baseline")]
+                cells += [_pm(floors["reference_score"])]
+                ours = groups["ours"]["reference_score"]["mean"]
+                ratio = f"{ours / paper[0]:.2g}" if paper[0] else "-"
+            else:
+                cells += ["-"] * 3
+                ratio = "-"
+            cells += [f"{v:.3g}" if v is not None else "-" for v in paper] + [ratio]
+            label = f"{int(scale.label)} ({scale.num_patches})"
+            print(f"| {system} | {label} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
