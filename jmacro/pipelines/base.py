@@ -117,7 +117,8 @@ class Pairs:
     per_snapshot: int = 1
     """Partial evolutions per large snapshot, each of an independently drawn patch with its
     own key: snapshots are the expensive part, and two patch increments of one snapshot are
-    nearly uncorrelated (|corr| < 0.01 at short durations, docs/pair_bias.md)."""
+    nearly uncorrelated (|corr| < 0.01 at short durations, docs/pair_bias.md). Patches
+    are drawn independently, so one may be evolved twice (with independent noise)."""
 
     def __post_init__(self):
         _positive(self, "num_steps", "per_snapshot")

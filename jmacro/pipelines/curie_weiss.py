@@ -41,9 +41,12 @@ class CurieWeiss(AbstractSpinExperiment):
     test_magnetisations: tuple[float, ...] = param((-0.5, -0.25, 0.0, 0.25, 0.5), affects="truth")
     """Mean magnetisations of the i.i.d. initial states of the test ensembles."""
     # 0.1 sweeps: the mean-field feedback biases a pair's drift by about -(dt / 2) beta J
-    # sech^2 (1 - 1/K), -20 % at dt = 1 and -2.6 % at 0.1 (K = 16, docs/pair_bias.md); four
-    # nearly uncorrelated patch evolutions per snapshot make up for the shorter pairs' noise.
-    pairs: Pairs = Pairs(boundary="mean_field", duration=0.1, per_snapshot=4)
+    # sech^2 (1 - 1/K), -20 % at dt = 1 and -2.6 % at 0.1 (K = 16, docs/pair_bias.md). A short
+    # pair is noisy (drift SE ~ sqrt(K sigma^2 / dt) per pair, 0.56 at K = 16, N = 1024), so 16
+    # nearly uncorrelated patch evolutions per snapshot: with 4, the learned drift and
+    # diffusion^2 were off by up to 0.025 and 13 % at T = 1.05, where 1,000 pairs per 0.2 of m
+    # leave a standard error of 0.018 and 4.5 %.
+    pairs: Pairs = Pairs(boundary="mean_field", duration=0.1, per_snapshot=16)
     autoencoder: AutoencoderTraining = AutoencoderTraining(closure_dim=0)
     # a state-dependent diffusion: the exact one, 2 (1 - m tanh) / N, halves from m = 0 to 0.8
     # (the reference learned a constant)
