@@ -19,6 +19,8 @@ from jmacro.pipelines import get_experiment, run
 
 def _pm(entry) -> str:
     se = entry.get("se", entry.get("se_over_seeds"))
+    if entry["mean"] is None:
+        return "diverged"
     return f"{entry['mean']:.3g}" + (f" +- {se:.2g}" if se is not None else "")
 
 
@@ -47,7 +49,7 @@ def main():
                 cells += [_pm(groups[g]["reference_score"]) for g in ("ours", "baseline")]
                 cells += [_pm(floors["reference_score"])]
                 ours = groups["ours"]["reference_score"]["mean"]
-                ratio = f"{ours / paper[0]:.2g}" if paper[0] else "-"
+                ratio = f"{ours / paper[0]:.2g}" if paper[0] and ours is not None else "-"
             else:
                 cells += ["-"] * 3
                 ratio = "-"

@@ -334,3 +334,24 @@ def test_a_sub_config_override_keeps_the_presets_other_fields():
     quick = get_experiment("ising", "quick")
     more = get_experiment("ising", "quick", upsampling=dict(num_unrelaxed=7))
     assert more.upsampling == dataclasses.replace(quick.upsampling, num_unrelaxed=7)
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides", "message"),
+    [
+        ("ising", dict(pairs=dict(boundary="mean_field")), "cannot evolve a patch"),
+        ("curie-weiss", dict(pairs=dict(boundary="halo")), "cannot evolve a patch"),
+        ("ising", dict(temperature=0.0), "temperature"),
+        ("ising", dict(sde=dict(jitter=-1.0)), "jitter"),
+        ("ising", dict(sde=dict(learning_rate=float("nan"))), "learning_rate"),
+        ("ising", dict(test_magnetisations=()), "no test conditions"),
+        ("ising", dict(seed=-1), "seed"),
+        ("curie-weiss", dict(num_seeds=0), "num_seeds"),
+        ("ising", dict(pairs=dict(duration=float("inf"))), "duration"),
+        ("ising", dict(pairs=dict(per_snapshot=0)), "per_snapshot"),
+        ("predator-prey", dict(test_k=()), "no test conditions"),
+    ],
+)
+def test_bad_configs_fail_before_any_compute(name, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        get_experiment(name, "smoke", **overrides)

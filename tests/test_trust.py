@@ -225,4 +225,23 @@ def test_mean_se_is_the_mean_and_standard_error():
     assert out["mean"] == pytest.approx(3.0, rel=1e-12)
     assert out["se"] == pytest.approx(np.sqrt(7 / 6), rel=1e-12)  # ddof = 0: sqrt(7 / 8)
     assert out["n"] == 4
-    assert mean_se(np.array([2.5])) == {"mean": 2.5, "se": None, "n": 1}
+    assert mean_se(np.array([2.5])) == {"mean": 2.5, "se": None, "n": 1, "nonfinite": 0}
+
+
+def test_a_diverged_rollout_is_reported_not_written_as_nan():
+    """A run that turns non-finite is left out of the score and counted as diverged; a
+    replicate whose every run diverged gives a mean of None (valid JSON), not NaN."""
+    from jmacro.pipelines.scoring import _per_condition
+
+    truth = np.random.default_rng(0).normal(1.0, 0.1, (2, 6, 5, 1))
+    pred = truth.copy()
+    pred[0, 0, 3] = np.nan  # one run of condition 0 blows up
+    pred[1] = np.nan  # every run of condition 1
+    scores = _per_condition(relative_squared_error, pred, truth)
+    assert scores[0] == pytest.approx(
+        float(relative_squared_error(truth[0, 1:], truth[0])), rel=1e-5
+    )
+    assert np.isnan(scores[1])
+    summary = mean_se([np.nan, np.nan])
+    assert summary == {"mean": None, "se": None, "n": 0, "nonfinite": 2}
+    assert mean_se([1.0, np.nan, 3.0])["mean"] == 2.0

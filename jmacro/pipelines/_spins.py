@@ -95,10 +95,17 @@ class AbstractSpinExperiment(AbstractExperiment):
             raise ValueError("test magnetisations must lie in [-1, 1].")
         if self.autoencoder.closure_dim and self.autoencoder.epochs <= 0:
             raise ValueError("autoencoder.epochs must be > 0 when closure_dim > 0.")
-        self.system()  # checks T > 0
+        system = self.system()  # checks T > 0
         for side in self.patch_sizes:  # sizes, windows and boundaries, before any compute
-            self._partial(side).check((self.large_size, self.large_size))
-            self._upsampling(side).check((side, side))
+            partial, upsampling = self._partial(side), self._upsampling(side)
+            partial.check((self.large_size, self.large_size))
+            upsampling.check((side, side))
+            try:
+                system.check_boundary(partial.boundary)
+                if upsampling.relax is not None:
+                    system.check_boundary(upsampling.relax.boundary)
+            except TypeError as error:
+                raise ValueError(f"pairs.boundary = {self.pairs.boundary!r}: {error}") from None
 
     # ---- pieces
     def _pair_time(self) -> float:

@@ -42,9 +42,16 @@ def _save(fig, path: Path, plt) -> None:
     plt.close(fig)
 
 
+def _value(x) -> float:
+    """A mean for plots and ranking: None (every replicate diverged) as NaN."""
+    return float("nan") if x is None else x
+
+
 def _pm(entry: dict | None, mean="mean", se="se") -> str:
     if entry is None:
         return "-"
+    if entry[mean] is None:
+        return "diverged"
     text = f"{entry[mean]:.3g}"
     return text + (f" +- {entry[se]:.2g}" if entry.get(se) is not None else "")
 
@@ -60,9 +67,10 @@ def plot_score_vs_scale(path: Path, experiment, metrics: dict, key: str = "score
     for i, group in enumerate(metrics["summary"][scales[0].name]):
         entries = [metrics["summary"][s.name][group] for s in scales]
         if key == "score":
-            y, se = [e["mean"] for e in entries], [e["se_over_seeds"] or 0 for e in entries]
+            y, se = [_value(e["mean"]) for e in entries], [e["se_over_seeds"] or 0 for e in entries]
         else:
-            y, se = [e[key]["mean"] for e in entries], [e[key]["se"] or 0 for e in entries]
+            y = [_value(e[key]["mean"]) for e in entries]
+            se = [e[key]["se"] or 0 for e in entries]
         ax.errorbar(x, y, yerr=se, fmt="o-", color=f"C{i}", capsize=3, label=group)
         ref = [(s.label, experiment.reference(s, group)) for s in scales]
         ref = [(a, b) for a, b in ref if b is not None]
@@ -70,7 +78,7 @@ def plot_score_vs_scale(path: Path, experiment, metrics: dict, key: str = "score
             ax.plot(
                 *zip(*ref, strict=True), "x--", color=f"C{i}", alpha=0.6, label=f"{group} (paper)"
             )
-    floor = [metrics["floors"][s.name][key]["mean"] for s in scales]
+    floor = [_value(metrics["floors"][s.name][key]["mean"]) for s in scales]
     ax.plot(x, floor, ":", color="0.5", label="Monte Carlo floor")
     ax.set(xscale="log", yscale="log", xlabel=experiment.scale_axis, ylabel=experiment.metric)
     protocol = "jmacro protocol" if key == "score" else "reference protocol"
@@ -88,13 +96,19 @@ def plot_score_vs_group(path: Path, experiment, metrics: dict, scale) -> None:
     se = [summary[g]["se_over_seeds"] or 0.0 for g in groups]
     x = [float(g) for g in groups]
     ax.errorbar(
-        x, [summary[g]["mean"] for g in groups], yerr=se, fmt="o-", capsize=3, label="jmacro"
+        x,
+        [_value(summary[g]["mean"]) for g in groups],
+        yerr=se,
+        fmt="o-",
+        capsize=3,
+        label="jmacro",
     )
     ref = [(float(g), experiment.reference(scale, g)) for g in groups]
     ref = [(a, b) for a, b in ref if b is not None]
     if ref:
         ax.plot(*zip(*ref, strict=True), "x--", color="C1", label="reference impl.")
-    ax.axhline(metrics["floors"][scale.name]["score"]["mean"], color="0.5", ls=":", label="floor")
+    floor = _value(metrics["floors"][scale.name]["score"]["mean"])
+    ax.axhline(floor, color="0.5", ls=":", label="floor")
     ax.axvline(scale.num_patches, color="0.6", lw=0.8, ls=":", label="lambda = K")
     ax.set(xlabel="covariance scale lambda", ylabel=experiment.metric)
     ax.set_title(f"{experiment.name}, {scale.name}", fontsize=9)
@@ -233,7 +247,9 @@ def _reference_table(experiment, metrics: dict) -> list[str]:
                 metrics["summary"][s.name][g]["reference_score"],
                 experiment.reference(s, g),
             )
-            ratio = "-" if paper is None else f"{entry['mean'] / paper:.2g}"
+            ratio = (
+                "-" if paper is None or entry["mean"] is None else f"{entry['mean'] / paper:.2g}"
+            )
             cells += [_pm(entry), "-" if paper is None else f"{paper:.3g}", ratio]
         floor = _pm(metrics["floors"][s.name]["reference_score"])
         lines.append(f"| {s.name} | {s.num_patches} | " + " | ".join(cells) + f" | {floor} |")
@@ -313,7 +329,7 @@ def _scale_section(run_dir, experiment, metrics, evaluation, scale) -> list[str]
     name = f"mmd_over_time_{scale.name}.png"
     plot_mmd_over_time(run_dir / name, experiment, metrics, np.asarray(evaluation["times"]), scale)
     lines += [f"![MMD over time]({name})", ""]
-    best = min(summary, key=lambda g: summary[g]["mean"])
+    best = min(summary, key=lambda g: np.nan_to_num(_value(summary[g]["mean"]), nan=np.inf))
     groups = list(dict.fromkeys(v.group for v in variants))
     shown = list(dict.fromkeys([groups[0], best, *groups[1:2]]))[:2]
     picked = [next(v for v in variants if v.group == g) for g in shown]

@@ -42,10 +42,14 @@ from jmacro.metrics import diverged_fraction, mmd_per_time, relative_squared_err
 
 
 def mean_se(values) -> dict:
-    """``{"mean", "se", "n"}`` of independent values (se None for a single value)."""
+    """``{"mean", "se", "n", "nonfinite"}`` of independent values: the finite ones' mean and
+    standard error (se None for fewer than two; mean None for none), how many were not
+    finite (a replicate whose every rollout diverged), never a NaN in the JSON."""
     values = np.asarray(values, np.float64)
-    se = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else None
-    return {"mean": float(values.mean()), "se": se, "n": len(values)}
+    finite = values[np.isfinite(values)]
+    se = float(finite.std(ddof=1) / np.sqrt(len(finite))) if len(finite) > 1 else None
+    mean = float(finite.mean()) if len(finite) else None
+    return {"mean": mean, "se": se, "n": len(finite), "nonfinite": len(values) - len(finite)}
 
 
 def _normalise(z, evaluation):
