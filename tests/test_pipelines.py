@@ -14,7 +14,7 @@ import pytest
 
 from jmacro import _versions
 from jmacro.cli import main
-from jmacro.pipelines import EXPERIMENTS, default_run_dir, get_experiment, run
+from jmacro.pipelines import EXPERIMENTS, default_run_dir, get_experiment, run, runner
 
 NAMES = sorted(EXPERIMENTS)
 
@@ -355,3 +355,28 @@ def test_a_sub_config_override_keeps_the_presets_other_fields():
 def test_bad_configs_fail_before_any_compute(name, overrides, message):
     with pytest.raises(ValueError, match=message):
         get_experiment(name, "smoke", **overrides)
+
+
+def test_an_interrupted_fit_resumes_from_its_last_epoch(tmp_path, monkeypatch):
+    """Ctrl-C after the autoencoder's first epoch leaves its checkpoint in the store; the
+    next run resumes at epoch 2 (it does not start over) and cleans the checkpoint up."""
+    cfg = get_experiment("ising", "smoke", num_seeds=1, autoencoder=dict(epochs=2))
+    real_fit, epochs = runner.fit, []
+
+    def fit_with(callback):
+        return lambda *args, **kwargs: real_fit(*args, **kwargs, callback=callback)
+
+    def interrupt(record, model):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "fit", fit_with(interrupt))
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, tmp_path / "run", progress=False)
+    assert [p.name.split("-")[0] for p in (tmp_path / "stages").glob("*_partial")] == [
+        "ns64_autoencoder"
+    ]
+    monkeypatch.setattr(runner, "fit", fit_with(lambda record, model: epochs.append(record.epoch)))
+    run(cfg, tmp_path / "run", progress=False)
+    assert epochs[0] == 2  # the autoencoder resumed after its first epoch
+    assert epochs[1:] == [1, 2] * len(cfg.sde_variants(cfg.scales()[0]))  # fresh SDE fits
+    assert not list((tmp_path / "stages").glob("*_partial"))
