@@ -33,6 +33,7 @@ cells), a field patch ``(n_patch_cells, n_species)``. Models act on ONE configur
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from collections.abc import Callable
@@ -41,7 +42,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
-from jaxtyping import Array, Float, Int, PRNGKeyArray, Shaped
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, Shaped
 
 from jmacro import lattice
 from jmacro._checks import check_positive_int
@@ -165,7 +166,8 @@ class SpinPatchCNN(eqx.Module):
     the reference; smaller values trade capacity for CPU time, because the encoder runs on
     all K patches of every snapshot and dominates the autoencoder's cost. Measured training
     throughput, 64x64 lattice, 16x16 patches, batch 512, 2-core CPU: ~42 snapshots/s with 32,
-    ~320/s with 8 (``benchmarks/bench_training.py``): use 8 for CPU runs, 32 on a GPU.
+    ~320/s with 8 (``benchmarks/bench_training.py``): use 8 for CPU runs, 32 on a GPU. (Measured
+    before the layer rewrite of issue 12 (norm after pooling, sub-pixel decoder): 1.3-1.5x.)
     """
 
     convs: tuple[eqx.nn.Conv2d, ...]
@@ -205,11 +207,36 @@ class SpinPatchCNN(eqx.Module):
     def __call__(self, patch: Shaped[Array, "h w"]) -> Float[Array, " c"]:
         # Channels-last internally (the modules' parameters are the usual OIHW/(C,) ones):
         # XLA:CPU runs these small convolutions 1.5-2.5x faster in NHWC than in NCHW.
-        h = patch.astype(jnp.float32)[:, :, None]
+        h = patch.astype(self.convs[0].weight.dtype)[:, :, None]  # float32 unless cast
         for conv, norm in zip(self.convs, self.norms, strict=True):
-            h = _max_pool_2x2(jax.nn.leaky_relu(_group_norm_hwc(norm, _conv_hwc(conv, h)), 0.2))
+            h = _conv_hwc(conv, h)
+            if _PLAIN_LAYERS:
+                h = _max_pool_2x2(jax.nn.leaky_relu(_group_norm_hwc(norm, h), 0.2))
+            else:
+                h = _norm_leaky_pool(norm, h)
         # Flatten in (C, H, W) order, as the channels-first reference does.
         return self.head(jnp.moveaxis(h, -1, 0).reshape(-1))
+
+
+# Trace-time switch to the layers as first written (the norm before the pooling, the decoder's
+# transposed convolutions as dilated convolutions), which the faster forms must reproduce:
+# for tests and benchmarks only (``plain_layers``).
+_PLAIN_LAYERS = False
+
+
+@contextlib.contextmanager
+def plain_layers():
+    """Within this block, functions traced run the spin networks' layers as first written:
+    ``_max_pool_2x2(leaky_relu(group_norm(x)))`` in the encoder and the transposed
+    convolutions as stride-dilated convolutions in the decoder. Same outputs, up to float
+    rounding; slower on CPU. For tests and benchmarks that compare the two: jit caches do not
+    see the switch, so trace fresh functions inside the block."""
+    global _PLAIN_LAYERS
+    previous, _PLAIN_LAYERS = _PLAIN_LAYERS, True
+    try:
+        yield
+    finally:
+        _PLAIN_LAYERS = previous
 
 
 def _conv_hwc(conv: eqx.nn.Conv2d, x: Float[Array, "h w c"]) -> Float[Array, "h2 w2 o"]:
@@ -234,6 +261,8 @@ def _conv_transpose_hwc(
     same kernel and padding (k - 1) d - p before, (k - 1) d - p + output_padding after
     (Dumoulin & Visin 2016, relationship 14), as in Equinox.
     """
+    if _is_subpixel_deconv(conv) and not _PLAIN_LAYERS:
+        return _conv_transpose_subpixel(conv, x)
     padding = tuple(
         ((k - 1) * d - p0, (k - 1) * d - p1 + a)
         for k, d, (p0, p1), a in zip(
@@ -252,8 +281,62 @@ def _conv_transpose_hwc(
     return y if conv.bias is None else y + conv.bias.reshape(-1)
 
 
+# The decoder's upsampling: kernel 3, stride 2, padding 1, output padding 1, no dilation.
+# Output site 2i + a (a = 0, 1) of the stride-2-dilated correlation reads input i through tap 1
+# (a = 0), or inputs i and i + 1 through taps 0 and 2 (a = 1); _SUBPIXEL_TAPS[a][e] is the tap
+# that reads input i + e (3: none).
+_SUBPIXEL_TAPS = ((1, 3), (0, 2))
+
+
+def _is_subpixel_deconv(conv: eqx.nn.ConvTranspose2d) -> bool:
+    return (
+        tuple(conv.kernel_size) == (3, 3)
+        and tuple(conv.stride) == (2, 2)
+        and tuple(conv.padding) == ((1, 1), (1, 1))
+        and tuple(conv.output_padding) == (1, 1)
+        and tuple(conv.dilation) == (1, 1)
+        and conv.groups == 1
+    )
+
+
+def _conv_transpose_subpixel(
+    conv: eqx.nn.ConvTranspose2d, x: Float[Array, "h w c"]
+) -> Float[Array, "h2 w2 o"]:
+    """``_conv_transpose_hwc`` for kernel 3, stride 2, padding 1, output padding 1, as one
+    undilated 2x2 convolution with 4 o outputs (one per output parity class), interleaved.
+
+    The same non-zero products as the dilated convolution (each tap of the kernel is read
+    once per output site; the zeros the dilation inserts are not multiplied), summed in
+    another order: equal up to float rounding. On XLA:CPU the dilated form's weight gradient
+    runs as a generic convolution loop, about 3x slower than this form's whole gradient.
+    """
+    out_channels, in_channels = conv.weight.shape[:2]
+    taps = jnp.pad(conv.weight, ((0, 0), (0, 0), (0, 1), (0, 1)))  # tap 3 reads zeros
+    t = jnp.asarray(_SUBPIXEL_TAPS)
+    # kernel[a, b, o, i, e, f] = weight[o, i, taps[a][e], taps[b][f]]
+    kernel = taps[:, :, t[:, None, :, None], t[None, :, None, :]]  # (o, i, a, b, e, f)
+    kernel = jnp.transpose(kernel, (2, 3, 0, 1, 4, 5)).reshape(4 * out_channels, in_channels, 2, 2)
+    y = jax.lax.conv_general_dilated(
+        x[None],
+        kernel,
+        window_strides=(1, 1),
+        padding=((0, 1), (0, 1)),
+        dimension_numbers=("NHWC", "OIHW", "NHWC"),
+    )[0]
+    height, width = x.shape[:2]
+    y = y.reshape(height, width, 2, 2, out_channels).transpose(0, 2, 1, 3, 4)
+    y = y.reshape(2 * height, 2 * width, out_channels)
+    return y if conv.bias is None else y + conv.bias.reshape(-1)
+
+
 def _group_norm_hwc(norm: eqx.nn.GroupNorm, x: Float[Array, "h w c"]) -> Float[Array, "h w c"]:
     """``norm`` (an ``eqx.nn.GroupNorm``) applied to a channels-last image."""
+    shift, gain, offset = _group_norm_affine(norm, x)
+    return (x - shift) * gain + offset
+
+
+def _group_norm_affine(norm: eqx.nn.GroupNorm, x: Float[Array, "h w c"]):
+    """``(shift, gain, offset)``, per channel: ``norm(x) = (x - shift) * gain + offset``."""
     channels = x.shape[-1]
     # Per-channel moments first (a reduction over the leading, contiguous-friendly axes),
     # then pooled within groups: much faster on CPU than reducing a (hw, g, c/g) view.
@@ -263,8 +346,72 @@ def _group_norm_hwc(norm: eqx.nn.GroupNorm, x: Float[Array, "h w c"]) -> Float[A
     scale = jnp.repeat(jax.lax.rsqrt(var + norm.eps), channels // norm.groups)
     shift = jnp.repeat(first, channels // norm.groups)
     if norm.channelwise_affine:
-        return (x - shift) * (scale * norm.weight) + norm.bias
-    return (x - shift) * scale
+        return shift, scale * norm.weight, norm.bias
+    return shift, scale, jnp.zeros((), x.dtype)
+
+
+def _norm_leaky_pool(
+    norm: eqx.nn.GroupNorm, x: Float[Array, "h w c"]
+) -> Float[Array, "h//2 w//2 c"]:
+    """``_max_pool_2x2(leaky_relu(_group_norm_hwc(norm, x), 0.2))``, pooling first.
+
+    Per channel, GroupNorm is ``y -> (y - shift) * gain + offset`` and leaky ReLU is
+    increasing; both stay weakly monotone in float32 arithmetic (each step is), so the
+    maximum of the transformed window is the transform of the window's maximum when
+    ``gain >= 0`` and of its minimum when ``gain < 0``: the same values, bit for bit, with the
+    normalisation and activation (and their gradients) on a quarter of the sites. Gradients
+    agree up to float rounding; they differ only where distinct sites of a window round to
+    the same normalised value, or at gain exactly 0 (there the original splits the weight's
+    gradient over the tied window).
+    """
+    shift, gain, offset = _group_norm_affine(norm, x)
+    pooled = _pool_2x2_signed(x, gain >= 0)
+    return jax.nn.leaky_relu((pooled - shift) * gain + offset, 0.2)
+
+
+@jax.custom_vjp
+def _pool_2x2_signed(x: Float[Array, "h w c"], upper: Bool[Array, " c"]) -> Float[Array, "h2 w2 c"]:
+    """2x2 max pooling of the channels where ``upper``, min pooling of the others.
+
+    The gradient is ``_max_pool_2x2``'s (JAX's ``maximum`` rule: ties share equally, pair by
+    pair), written as one interleave instead of four strided-slice transposes and additions.
+    """
+    return _pool_2x2_signed_fwd(x, upper)[0]
+
+
+def _pool_2x2_signed_fwd(x, upper):
+    # -max(-a, -b) = min(a, b) exactly: min pooling is max pooling of the negated channel.
+    u = jnp.where(upper, x, -x)
+    views = (u[::2, ::2], u[1::2, ::2], u[::2, 1::2], u[1::2, 1::2])
+    pooled = jnp.maximum(jnp.maximum(views[0], views[1]), jnp.maximum(views[2], views[3]))
+    return jnp.where(upper, pooled, -pooled), u
+
+
+def _pool_2x2_signed_bwd(u, g):
+    views = (u[::2, ::2], u[1::2, ::2], u[::2, 1::2], u[1::2, 1::2])
+    left, right = jnp.maximum(views[0], views[1]), jnp.maximum(views[2], views[3])
+    # d out / d x = sign * share * sign: the signs of the min-pooled channels cancel.
+    g_left, g_right = g * _max_share(left, right), g * _max_share(right, left)
+    grads = (
+        g_left * _max_share(views[0], views[1]),
+        g_left * _max_share(views[1], views[0]),
+        g_right * _max_share(views[2], views[3]),
+        g_right * _max_share(views[3], views[2]),
+    )
+    # views[r + 2 c] is x[r::2, c::2]: interleave rows (r) and columns (c) back, one copy
+    # instead of four strided-slice transposes (pads) and their sum.
+    h2, w2, channels = g.shape
+    stacked = jnp.stack([jnp.stack([grads[0], grads[2]]), jnp.stack([grads[1], grads[3]])])
+    dx = jnp.transpose(stacked, (2, 0, 3, 1, 4)).reshape(2 * h2, 2 * w2, channels)
+    return dx, None
+
+
+def _max_share(a, b):
+    """d max(a, b) / da as JAX's ``maximum`` differentiates: 1, 1/2 at a tie, 0."""
+    return jnp.where(a > b, 1.0, jnp.where(a == b, 0.5, 0.0)).astype(a.dtype)
+
+
+_pool_2x2_signed.defvjp(_pool_2x2_signed_fwd, _pool_2x2_signed_bwd)
 
 
 def _max_pool_2x2(x: Float[Array, "h w c"]) -> Float[Array, "h//2 w//2 c"]:

@@ -77,7 +77,9 @@ class TrainConfig:
             batches as one jitted ``lax.scan`` (same batches, keys and updates as the
             step-by-step loop; for data that fit in device memory, e.g. latent pairs). Small
             models are bound by per-step dispatch: measured 2.3x faster for the latent SDE
-            (d = 4, batch 256) on a 2-core CPU.
+            (d = 4, batch 256) on a 2-core CPU. Not for convolutional models on XLA:CPU: inside
+            the scan's loop the convolutions are not rewritten to the fast (YNNPACK) kernels;
+            the spin autoencoder's gradient ran ~13x slower there (issue 12).
     """
 
     learning_rate: float = 1e-3
