@@ -216,9 +216,15 @@ class Evaluation:
 
     rollout_substeps: int = 1
     """Euler-Maruyama steps of the learned SDE per output interval."""
+    reference_substeps: int | None = None
+    """Euler steps per interval of the reference protocol's grid (its mean event step); None:
+    enough that no step exceeds the training pairs' duration (the reference: 1, its pairs
+    lasting one interval)."""
 
     def __post_init__(self):
         _positive(self, "rollout_substeps")
+        if self.reference_substeps is not None:
+            _positive(self, "reference_substeps")
 
 
 SUB_CONFIGS = ("small", "upsampling", "pairs", "autoencoder", "sde", "truth", "evaluation")

@@ -289,9 +289,10 @@ def write_report(run_dir: Path, experiment, metrics: dict, replicates: dict) -> 
             "## The reference's protocol (REFERENCE.md 3.1)",
             "",
             f"{steps} event steps of n flips, truth interpolated onto the grid of the mean "
-            "step, one Euler step per grid interval, all latents min-max scaled except the "
-            "magnetisation; relative squared error of the ensemble-mean trajectory. The "
-            "paper's models are its last epoch, jmacro's the best on validation.",
+            "step, all latents min-max scaled except the magnetisation; relative squared "
+            "error of the ensemble-mean trajectory. Rollouts take Euler steps no longer than "
+            "the training pairs (the reference: one per interval, its pairs lasting one). "
+            "The paper's models are its last epoch, jmacro's the best on validation.",
             "",
             *_reference_table(experiment, metrics),
             "",

@@ -436,10 +436,11 @@ def _run_scale(graph: _Graph, system, scale: Scale, truth: StageRecord, progress
         sdes[variant] = graph.stage(
             name, "sde", config, [ae_stage, pairs, truth], build, directory=True
         )
-    return _evaluate(graph, scale, ae_stage, ae, truth, sdes, normalised_validation)
+    pair_dt = float(np.median(np.asarray(pairs.dataset["dt"])))
+    return _evaluate(graph, scale, ae_stage, ae, truth, sdes, normalised_validation, pair_dt)
 
 
-def _evaluate(graph, scale, ae_stage, ae, truth, sdes, validation_fn) -> StageRecord:
+def _evaluate(graph, scale, ae_stage, ae, truth, sdes, validation_fn, pair_dt) -> StageRecord:
     """Rollouts of every SDE from the encoded initial test states, stored with the encoded
     truth (scoring is ``jmacro.pipelines.scoring``'s, from these arrays alone):
 
@@ -447,7 +448,8 @@ def _evaluate(graph, scale, ae_stage, ae, truth, sdes, validation_fn) -> StageRe
       time grid of the test runs, ``evaluation.rollout_substeps`` Euler steps per interval;
     - if the truth has event-stepped ``reference_test`` runs: ``ref_times`` (the grid
       k * mean step, k < S), ``ref_truth`` (each run's latents interpolated onto it) and
-      ``ref_pred_<variant>`` (one Euler step per interval): the reference's protocol;
+      ``ref_pred_<variant>`` (``reference_substeps`` Euler steps per interval): the
+      reference's protocol;
     - ``norm_offset``, ``norm_scale``: the normaliser the SDEs see;
     - ``val_z0``, ``val_dz``, ``val_dt`` (the full-system validation pairs, physical units),
       ``val_drift_<variant>`` and ``val_cov_<variant>`` (the learned drift and diagonal
@@ -507,7 +509,8 @@ def _evaluate(graph, scale, ae_stage, ae, truth, sdes, validation_fn) -> StageRe
             writer.add(f"pred_{variant.name}", predict(z_true[:, :, 0], times, 10, substeps))
             if reference is not None:
                 ref_times, ref_truth = reference
-                ref_pred = predict(ref_truth[:, :, 0], ref_times, 10_000, 1)
+                substeps = reference_substeps(exp.evaluation, ref_times, pair_dt)
+                ref_pred = predict(ref_truth[:, :, 0], ref_times, 10_000, substeps)
                 writer.add(f"ref_pred_{variant.name}", ref_pred)
 
     config = {"evaluation": exp.evaluation, "variants": list(sdes)}
@@ -547,6 +550,16 @@ def _validation_dt(truth, step_duration: float) -> np.ndarray:
         return np.diff(np.asarray(truth["validation_times"], np.float32), axis=1).reshape(-1)
     runs, steps = truth["validation"].shape[:2]
     return np.full(runs * (steps - 1), step_duration, np.float32)
+
+
+def reference_substeps(evaluation, grid: np.ndarray, pair_dt: float) -> int:
+    """Euler steps per interval of the reference protocol's grid: ``reference_substeps`` or,
+    if None, enough that no step is longer than the training pairs' (median) duration. The
+    reference takes one step per interval because its pairs last one such interval; a model
+    trained on 0.5-sweep pairs and stepped by Euler over 6 sweeps blows up."""
+    if evaluation.reference_substeps is not None:
+        return evaluation.reference_substeps
+    return max(1, int(np.ceil(float(grid[1] - grid[0]) / pair_dt - 1e-6)))
 
 
 def _encode_runs(ae, runs) -> np.ndarray:
