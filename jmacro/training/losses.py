@@ -149,20 +149,26 @@ def increment_loss_fn(covariance_scale: float | int = 1.0, jitter: float | int =
 def absolute_jitter(relative: float, increments: Float[ArrayLike, "n d"]) -> float:
     """eps of the covariance from a jitter ``relative`` to the data's noise:
 
-        eps = relative * min_k Var(dz_k),
+        eps = max(relative * min_k Var(dz_k), 1e-5 * max_k Var(dz_k)),
 
     the smallest per-dimension variance of the training increments ``dz = z1 - z0`` (in the
     units the model sees). So eps never takes more than the fraction ``relative`` of any
     latent's increment variance, whatever the system size, patch size or pair duration (an
     absolute eps of 1e-4 in min-max units exceeded the whole one-sweep variance of an L = 64
-    Curie-Weiss magnetisation). ``relative = 0`` gives 0.
+    Curie-Weiss magnetisation), unless the latents' variances differ by more than
+    ``1e-5 / relative``: then the float32 floor keeps the covariance's condition number below
+    about 1e5 (a predator-prey closure variable with a tiny increment variance gave NaN losses
+    without it). ``relative = 0`` gives 0.
     """
     if not isinstance(relative, numbers.Real) or not relative >= 0:
         raise ValueError(f"the relative jitter must be a real number >= 0, got {relative!r}.")
     dz = np.asarray(increments, np.float64)
     if dz.ndim != 2 or len(dz) < 2:
         raise ValueError(f"increments must be (n >= 2, d), got shape {dz.shape}.")
-    return float(relative * np.min(np.var(dz, axis=0)))
+    if relative == 0:
+        return 0.0
+    variance = np.var(dz, axis=0)
+    return float(max(relative * variance.min(), 1e-5 * variance.max()))
 
 
 def default_covariance_scale(method: str, num_patches: int) -> float:
