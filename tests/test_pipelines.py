@@ -310,7 +310,10 @@ def test_the_paper_preset_runs_end_to_end_at_tiny_counts(name, tmp_path):
             assert np.isfinite(entry["mean"])
 
 
-@pytest.mark.parametrize("name", ["ising", "curie-weiss"])
+@pytest.mark.parametrize(
+    "name",
+    ["ising", pytest.param("curie-weiss", marks=pytest.mark.slow)],  # same code path
+)
 def test_the_reference_semantics_run_end_to_end(name, tmp_path):
     """``pair_events=True``: n-flip steps with random durations for the small data, the pairs
     and the validation runs; the reference protocol's event-stepped test runs are scored."""
