@@ -183,7 +183,8 @@ def run(
     force: bool = False,
     progress: bool = True,
 ) -> RunResult:
-    """Run (or resume) ``experiment``; write ``metrics.json``, ``report.md`` and plots.
+    """Run (or resume) ``experiment`` once per replicate seed (``num_seeds``: master seeds
+    seed, seed + 1, ...); write ``metrics.json``, ``report.md`` and plots from all of them.
 
     Args:
         experiment: a registered experiment's config.
