@@ -84,11 +84,20 @@ def fixed_m_snapshots(key, num: int, side: int, magnetisation: float) -> jax.Arr
     return jax.vmap(lambda k: jr.permutation(k, base).reshape(side, side))(keys)
 
 
+def _partial_change(setting: Setting, x, index, key, dt):
+    """Change of the lattice magnetisation when patch ``index`` of ``x`` evolves for ``dt``
+    with the setting's boundary (``advance_patch(..., duration=dt)``; ``patch_step`` takes a
+    traced dt, so one compiled program serves every dt)."""
+    patch, boundary = SquareTiling2D(setting.patch).patch_with_boundary(x, index, setting.boundary)
+    after, _ = setting.system().patch_step(patch, key, dt, boundary)
+    change = after.astype(jnp.int32).sum() - patch.astype(jnp.int32).sum()
+    return change / setting.side**2
+
+
 @functools.partial(jax.jit, static_argnums=(0, 3))
 def _increments(setting: Setting, key, dt, num: int):
     """``(dm_full (num,), dm_part (num, 2))`` for ``num`` fresh snapshots."""
     system = setting.system()
-    tiling = SquareTiling2D(setting.patch)
     num_patches = setting.num_patches
     size = setting.side**2
     key_snap, key_run = jr.split(key)
@@ -105,15 +114,8 @@ def _increments(setting: Setting, key, dt, num: int):
         d_full = (full.astype(jnp.int32).sum() - m0) / size
         first = jr.randint(k_i, (), 0, num_patches)
         second = (first + 1 + jr.randint(k_j, (), 0, num_patches - 1)) % num_patches
-        parts = []
-        for index, k_patch in ((first, k_pi), (second, k_pj)):
-            patch, boundary = tiling.patch_with_boundary(x, index, setting.boundary)
-            # advance_patch(..., duration=dt) is this call; patch_step takes a traced dt,
-            # so one compiled program serves every dt.
-            after, _ = system.patch_step(patch, k_patch, dt, boundary)
-            change = after.astype(jnp.int32).sum() - patch.astype(jnp.int32).sum()
-            parts.append(change / size)
-        return d_full, jnp.stack(parts)
+        pairs = ((first, k_pi), (second, k_pj))
+        return d_full, jnp.stack([_partial_change(setting, x, i, k, dt) for i, k in pairs])
 
     return jax.vmap(one)(snaps, jr.split(key_run, num))
 
@@ -122,10 +124,7 @@ def _increments(setting: Setting, key, dt, num: int):
 def _patch_repeats(setting: Setting, key, dt, num: int):
     """``(num, 3)`` partial increments per snapshot: patch I, a different patch J, and patch I
     again with a fresh key (what drawing patches independently per evolution can give)."""
-    system = setting.system()
-    tiling = SquareTiling2D(setting.patch)
     num_patches = setting.num_patches
-    size = setting.side**2
     key_snap, key_run = jr.split(key)
     snaps = fixed_m_snapshots(key_snap, num, setting.side, setting.magnetisation)
 
@@ -133,13 +132,8 @@ def _patch_repeats(setting: Setting, key, dt, num: int):
         k_i, k_j, k_a, k_b, k_c = jr.split(k, 5)
         first = jr.randint(k_i, (), 0, num_patches)
         second = (first + 1 + jr.randint(k_j, (), 0, num_patches - 1)) % num_patches
-        parts = []
-        for index, k_patch in ((first, k_a), (second, k_b), (first, k_c)):
-            patch, boundary = tiling.patch_with_boundary(x, index, setting.boundary)
-            after, _ = system.patch_step(patch, k_patch, dt, boundary)
-            change = after.astype(jnp.int32).sum() - patch.astype(jnp.int32).sum()
-            parts.append(change / size)
-        return jnp.stack(parts)
+        pairs = ((first, k_a), (second, k_b), (first, k_c))
+        return jnp.stack([_partial_change(setting, x, i, k, dt) for i, k in pairs])
 
     return jax.vmap(one)(snaps, jr.split(key_run, num))
 
