@@ -1,8 +1,14 @@
-"""The ``jmacro`` command line (tyro over frozen dataclasses).
+"""The ``jmacro`` command line: ``run`` (an experiment) and ``simulate`` (a microscopic system).
 
+jmacro --help                                  # the commands
+jmacro run --help                              # experiments and presets
+jmacro run ising --preset smoke --help         # every parameter of an experiment
 jmacro simulate ising --size 64 --num-steps 10
-jmacro simulate curie-weiss --magnetisation -0.5
-jmacro simulate --help
+
+User errors (bad flags, bad values, an unusable ``--out``) exit with status 2 and one message,
+before any compute; Ctrl-C exits with status 130 and one line; errors inside a run keep their
+traceback. Messages go through ``logging`` (logger ``jmacro``, timestamped, on stderr);
+progress bars are drawn only on a terminal, and ``--quiet`` keeps warnings and errors only.
 """
 
 from __future__ import annotations
@@ -11,17 +17,20 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Annotated, Literal
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
 import tyro
+from tqdm.contrib.logging import logging_redirect_tqdm
 
+import jmacro
 from jmacro import observables, pipelines
 from jmacro._checks import check_positive_int
 from jmacro.pipelines import EXPERIMENTS
@@ -34,16 +43,14 @@ logger = logging.getLogger("jmacro")
 class SimulateConfig:
     """Simulate a batch of replicas of a microscopic system and print its observables."""
 
-    system: Annotated[str, tyro.conf.Positional]
-    """A registered spin experiment whose microscopic system to simulate (ising,
-    curie-weiss; `jmacro run --help` lists the registry)."""
+    system: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="SYSTEM")]
+    """The microscopic system of a registered spin experiment: ising or curie-weiss."""
     size: int = 64
     """Lattice side L (L x L spins)."""
     num_steps: int = 10
     """Number of steps to print."""
     dynamics: Literal["events", "time"] = "events"
-    """'events': a step is L*L flips (the reference's step, random dt); 'time': a step is a
-    fixed time interval `step-time` (exact uniformized algorithm)."""
+    """events: a step is L*L flips (random duration); time: a step lasts --step-time."""
     step_time: float = 1.0
     """Step duration for `--dynamics time`, in sweeps."""
     temperature: float | None = None
@@ -58,11 +65,28 @@ class SimulateConfig:
     """Seed of the PRNG key."""
 
 
+def check_simulate(cfg: SimulateConfig) -> None:
+    """Raise ``ValueError`` naming the flag for a value ``simulate`` cannot use."""
+    check_positive_int(cfg.num_steps, "--num-steps")
+    check_positive_int(cfg.num_replicas, "--num-replicas")
+    if cfg.seed < 0:
+        raise ValueError(f"--seed must be an integer >= 0, got {cfg.seed}.")
+    if cfg.size < 2:
+        raise ValueError(f"--size must be at least 2, got {cfg.size}.")
+    if not (math.isfinite(cfg.step_time) and cfg.step_time > 0):
+        raise ValueError(f"--step-time must be finite and > 0 (sweeps), got {cfg.step_time}.")
+    if not -1 <= cfg.magnetisation <= 1:
+        raise ValueError(f"--magnetisation must be in [-1, 1], got {cfg.magnetisation}.")
+    if cfg.temperature is not None and not (math.isfinite(cfg.temperature) and cfg.temperature > 0):
+        raise ValueError(f"--temperature must be finite and > 0, got {cfg.temperature}.")
+    if not math.isfinite(cfg.field):
+        raise ValueError(f"--field must be finite, got {cfg.field}.")
+
+
 def simulate(cfg: SimulateConfig) -> list[dict]:
     """Run ``cfg`` and print one JSON line per step (ensemble means); return the records."""
 
-    check_positive_int(cfg.num_steps, "num-steps")
-    check_positive_int(cfg.num_replicas, "num-replicas")
+    check_simulate(cfg)
     spins_experiments = {
         name: cls for name, cls in EXPERIMENTS.items() if issubclass(cls, AbstractSpinExperiment)
     }
@@ -91,7 +115,7 @@ def simulate(cfg: SimulateConfig) -> list[dict]:
             "domain_wall_density": jax.vmap(observables.domain_wall_density)(spins).mean(),
         }
 
-    step_all = eqx.filter_jit(jax.vmap(step))
+    step_all = jax.jit(jax.vmap(step))
     elapsed, records = 0.0, []
     start = time.perf_counter()
     for i in range(cfg.num_steps):
@@ -121,16 +145,23 @@ Run a whole experiment and write metrics.json, report.md and plots to DIR (defau
 runs/<experiment>-<preset>, plus a short config hash when parameters are overridden: each config
 gets its own directory). Stages are cached in a store shared by all runs beside DIR (default
 DIR/../stages): a re-run resumes, a changed parameter recomputes only what depends on it, and
---force recomputes everything.
+--force recomputes everything. Ctrl-C stops a run; completed stages are kept.
 
 experiments: {experiments}
 presets:     {presets}
 parameters:  jmacro run EXPERIMENT --preset PRESET --help lists every parameter and its value.
 """
 
+RUNNER_OPTIONS = """Runner options (anywhere on the line):
+  --preset NAME   preset whose values the parameters below show; default quick
+                  ({presets})
+  --out DIR       run directory (default runs/{name}-PRESET, plus a config hash when overridden)
+  --store DIR     stage store shared by runs (default DIR/../stages)
+  --force         recompute every stage of this run
+  --quiet         no progress bars and no progress messages, only warnings and errors"""
+
 
 def _describe_presets() -> str:
-
     return "; ".join(f"{name}: {', '.join(cls.presets)}" for name, cls in EXPERIMENTS.items())
 
 
@@ -151,63 +182,145 @@ def prepare_run(argv: list[str]) -> tuple:
     parser.add_argument("--force", action="store_true")
     parser.add_argument("--quiet", action="store_true")
     known, overrides = parser.parse_known_args(argv)
-    try:
-        base = pipelines.get_experiment(known.experiment, known.preset)
-    except ValueError as error:
-        print(f"jmacro: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from error
+    base = pipelines.get_experiment(known.experiment, known.preset)
+    cls = type(base)
+    title = (cls.__doc__ or cls.name).replace("``", "`")
+    options = RUNNER_OPTIONS.format(presets=", ".join(cls.presets), name=cls.name)
     cfg = tyro.cli(
-        type(base),
+        cls,
         default=base,
         args=overrides,
         prog=f"jmacro run {known.experiment} --preset {known.preset}",
-        description=f"{type(base).__doc__}\n\nRunner options, before the parameters: --preset "
-        f"({', '.join(type(base).presets)}), --out DIR, --store DIR, --force, --quiet (see "
-        "`jmacro run --help`). Parameters below show this preset's values.",
+        description=f"{title}\n\n{options}\n\nParameters (this preset's values):",
+        # Comments above fields explain the code to its readers, they are not flag help.
+        config=(tyro.conf.HelptextFromCommentsOff,),
     )
     run_dir = Path(known.out) if known.out else pipelines.default_run_dir(cfg)
     pipelines.claim_run_dir(run_dir, cfg)
     return cfg, run_dir, known
 
 
+def stage_store(run_dir: Path, options) -> Path:
+    """Where the run's stages live (``--store``, default ``<run_dir>/../stages``)."""
+    return Path(options.store) if options.store else run_dir.parent / "stages"
+
+
 def run_command(cfg, run_dir, options) -> None:
     """Run a validated config (``prepare_run``); errors from here on are not the user's and
-    surface with their traceback."""
-    result = pipelines.run(
-        cfg, run_dir, store=options.store, force=options.force, progress=not options.quiet
-    )
+    surface with their traceback. Progress bars only on a terminal (a log file gets one line
+    per stage and epoch instead of bar redraws), none with ``--quiet``."""
+    progress = not options.quiet and sys.stderr.isatty()
+    with logging_redirect_tqdm(loggers=[logger]):
+        result = pipelines.run(
+            cfg, run_dir, store=stage_store(run_dir, options), force=options.force,
+            progress=progress,
+        )  # fmt: skip
     metrics = result.metrics
     summary = ("experiment", "preset", "metric", "wall_time_s", "summary")
     print(json.dumps({k: metrics[k] for k in summary}, indent=2))
     print(f"wrote {result.run_dir}/metrics.json, report.md and plots")
 
 
-COMMANDS = {"simulate": (SimulateConfig, simulate)}
+COMMANDS = {
+    "run": "run (or resume) a whole experiment: data, models, evaluation, report\n"
+    "              (`jmacro run --help`: experiments and presets)",
+    "simulate": "simulate a microscopic system and print its observables",
+}
+
+MAIN_HELP = """usage: jmacro [-h] [--version] COMMAND ...
+
+jmacro {version}: learn the macroscopic stochastic dynamics of large systems from simulations
+of small ones (Chen, Huang, Novoselov, Li 2025).
+
+commands:
+{commands}
+
+options:
+  -h, --help    show this help message and exit
+  --version     show jmacro's version and exit
+
+`jmacro COMMAND --help` documents each command.
+"""
+
+
+def _main_help() -> str:
+    commands = "\n".join(f"  {name:<10}  {text}" for name, text in COMMANDS.items())
+    return MAIN_HELP.format(version=jmacro.__version__, commands=commands)
+
+
+class _Formatter(logging.Formatter):
+    """``2025-01-31 12:00:00 INFO jmacro.io.cache: message``."""
+
+    def __init__(self):
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
+
+
+def setup_logging(quiet: bool = False) -> None:
+    """Timestamped messages of the ``jmacro`` loggers on stderr: INFO and up, or WARNING and up
+    with ``quiet``. Replaces the handler an earlier call installed (tests call ``main`` many
+    times, each with its own stderr)."""
+    for handler in [h for h in logger.handlers if getattr(h, "_jmacro_cli", False)]:
+        logger.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter())
+    handler._jmacro_cli = True
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+
+
+def _interrupted(message: str) -> None:
+    """Report a Ctrl-C in one line and exit with status 130 (128 + SIGINT) at once.
+
+    ``os._exit`` skips the interpreter's teardown: run after an interrupt inside JAX, that
+    teardown segfaulted in 2 of 3 tries (exit 139). Every write is atomic and cleans up its
+    temporaries as the interrupt unwinds, so nothing is left to do; streams are flushed first.
+    """
+    print(f"jmacro: interrupted; {message}", file=sys.stderr)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(130)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``jmacro`` console script; user errors exit with status 2."""
-    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
-    logger.setLevel(logging.INFO)
-    argv = sys.argv[1:] if argv is None else argv
+    """Entry point of the ``jmacro`` console script and of ``python -m jmacro``; user errors
+    exit with status 2, Ctrl-C with 130."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    setup_logging(quiet="--quiet" in argv)
     job = None
     try:
-        if argv and argv[0] == "run":
-            job = prepare_run(argv[1:])
+        if not argv or argv[0] in ("-h", "--help"):
+            print(_main_help(), end="")
+            raise SystemExit(0 if argv else 2)
+        if argv[0] in ("-V", "--version"):
+            print(f"jmacro {jmacro.__version__}")
+            raise SystemExit(0)
+        command, rest = argv[0], argv[1:]
+        if command == "run":
+            job = prepare_run(rest)
+        elif command == "simulate":
+            simulate(tyro.cli(SimulateConfig, args=rest, prog="jmacro simulate"))
         else:
-            cfg = tyro.extras.subcommand_cli_from_dict(
-                {name: config for name, (config, _) in COMMANDS.items()},
-                prog="jmacro",
-                args=argv,
-                description="jmacro: learn macroscopic stochastic dynamics from small systems. "
-                "Commands: simulate, run (see `jmacro run --help`).",
+            raise ValueError(
+                f"unknown command {command!r}; commands: {', '.join(COMMANDS)} (`jmacro --help`)."
             )
-            next(fn for config, fn in COMMANDS.values() if isinstance(cfg, config))(cfg)
     except ValueError as error:
         print(f"jmacro: error: {error}", file=sys.stderr)
         raise SystemExit(2) from error
+    except KeyboardInterrupt:
+        _interrupted("nothing was computed.")
     if job is not None:
-        run_command(*job)
+        cfg, run_dir, options = job
+        try:
+            run_command(cfg, run_dir, options)
+        except KeyboardInterrupt:
+            _interrupted(
+                f"completed stages are kept in {stage_store(run_dir, options)}; "
+                "re-run the same command to resume."
+            )
 
 
 if __name__ == "__main__":

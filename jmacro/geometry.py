@@ -346,6 +346,13 @@ class SquareTiling2D(AbstractTiling):
         return out
 
 
+def _start_indices(first, ndim: int) -> tuple:
+    """``(first, 0, ..., 0)`` of one integer dtype: under JAX_ENABLE_X64 a literal 0 becomes
+    int64 while a traced index stays int32, and ``dynamic_slice`` refuses mixed dtypes."""
+    first = jnp.asarray(first)
+    return (first,) + (jnp.zeros_like(first),) * (ndim - 1)
+
+
 def _num_cells(shape) -> int:
     if isinstance(shape, int | np.integer):
         return int(shape)
@@ -424,14 +431,14 @@ class Segments1D(AbstractTiling):
 
     def extract(self, state: Shaped[Array, " n *rest"], index) -> Shaped[Array, " l *rest"]:
         length, stride, _ = self.layout(state.shape)
-        start = (index * stride,) + (0,) * (state.ndim - 1)
+        start = _start_indices(index * stride, state.ndim)
         return jax.lax.dynamic_slice(state, start, (length, *state.shape[1:]))
 
     def insert(
         self, state: Shaped[Array, " n *rest"], index, patch: Shaped[Array, " l *rest"]
     ) -> Shaped[Array, " n *rest"]:
         _, stride, _ = self.layout(state.shape)
-        start = (index * stride,) + (0,) * (state.ndim - 1)
+        start = _start_indices(index * stride, state.ndim)
         return jax.lax.dynamic_update_slice(state, patch.astype(state.dtype), start)
 
     def insert_many(
@@ -451,7 +458,7 @@ class Segments1D(AbstractTiling):
         # Neumann-padded field: the cells beyond the physical ends replicate the end cells.
         padded = jnp.concatenate([state[:1], state, state[-1:]], axis=0)
         cut = jax.lax.dynamic_slice(
-            padded, (start,) + (0,) * (state.ndim - 1), (length + 2, *state.shape[1:])
+            padded, _start_indices(start, state.ndim), (length + 2, *state.shape[1:])
         )
         ghosts = jnp.stack([cut[0], cut[-1]])
         neumann = jnp.stack([start == 0, start + length == num_cells])

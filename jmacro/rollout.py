@@ -125,17 +125,21 @@ def _refine(taus, num_substeps):
 
 
 def _diffrax_path(sde, u0, taus, fine, key, brownian, num_substeps, condition):
-    d = u0.shape[0]
+    # The path, the terms and the solution keep u0's dtype (float32) even when JAX_ENABLE_X64
+    # makes new arrays and models float64: Diffrax refuses to save a float64 step into a
+    # float32 buffer.
+    d, dtype = u0.shape[0], u0.dtype
+    shape = jax.ShapeDtypeStruct((d,), dtype)
     if brownian == "unsafe":
-        path = dfx.UnsafeBrownianPath(shape=(d,), key=key)
+        path = dfx.UnsafeBrownianPath(shape=shape, key=key)
     else:
         # Tolerance far below any step we take, so the tree resolves every increment.
         tol = jnp.min(jnp.diff(fine)) / 16
-        path = dfx.VirtualBrownianTree(taus[0], taus[-1], tol=tol, shape=(d,), key=key)
+        path = dfx.VirtualBrownianTree(taus[0], taus[-1], tol=tol, shape=shape, key=key)
     # The condition travels as Diffrax's args (None for an unconditioned model).
     terms = dfx.MultiTerm(
-        dfx.ODETerm(lambda t, u, args: sde.drift(u, args)),
-        dfx.ControlTerm(lambda t, u, args: sde.diffusion(u, args), path),
+        dfx.ODETerm(lambda t, u, args: sde.drift(u, args).astype(dtype)),
+        dfx.ControlTerm(lambda t, u, args: sde.diffusion(u, args).astype(dtype), path),
     )
     solution = dfx.diffeqsolve(
         terms,
@@ -164,7 +168,7 @@ def _scan_path(sde, u0, taus, key, num_substeps, condition):
         def substep(u, step_key):
             dw = jnp.sqrt(h) * jr.normal(step_key, u.shape, u.dtype)
             drift, sigma = sde.drift(u, condition), sde.diffusion(u, condition)
-            return u + drift * h + sigma @ dw, None
+            return (u + drift * h + sigma @ dw).astype(u.dtype), None
 
         u, _ = jax.lax.scan(substep, u, jr.split(interval_key, num_substeps))
         return u, u

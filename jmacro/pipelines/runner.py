@@ -79,6 +79,8 @@ STAGE_CODE = {
 # Offsets folded into the master key (the spin pipelines' since the start); the models of a
 # scale use fold_in(key(seed), scale.key_id): autoencoder 1, 2; SDEs under 3 (variant_key).
 _SMALL, _LARGE, _PAIRS, _TRUTH = 0, 1, 2, 1000
+# Wall time spent on a run directory so far, so ``wall_time_s`` adds up across resumes.
+WALL_TIME_FILE = "wall_time.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,13 +103,16 @@ class _Graph:
         self.records: list[StageRecord] = []
 
     def _key(self, kind: str, config: dict, upstream: list[StageRecord]) -> dict:
-        return {
+        key = {
             "kind": kind,
             "code": {name: VERSIONS[name] for name in STAGE_CODE[kind]},
             "config": config,
             "upstream": {r.name: r.fingerprint for r in upstream},
             "seed": self.exp.seed,
         }
+        if jax.config.jax_enable_x64:  # float64 models and data are other stages
+            key["x64"] = True
+        return key
 
     def stage(self, name, kind, config, upstream, build, *, directory=False) -> StageRecord:
         """Build or load stage ``name``. A directory stage's ``build(tmp_dir, checkpoints)``
@@ -193,26 +198,36 @@ def run(
         store: the stage store (default ``<run_dir>/../stages``).
         force: rebuild every stage of this run.
         progress: progress bars.
+
+    ``metrics["wall_time_s"]`` is the wall time of every call on this run directory since it
+    was made (or since the last ``force``), interrupted ones included; ``wall_time_this_call_s``
+    this call's alone.
     """
     start = time.perf_counter()
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(experiment)
     claim_run_dir(run_dir, experiment)
     store = Path(store) if store else run_dir.parent / "stages"
+    earlier = 0.0 if force else _earlier_wall_time(run_dir)
     replicates, records = {}, []
-    for seed in replicate_seeds(experiment):
-        graph = _Graph(dataclasses.replace(experiment, seed=seed), store, force)
-        if experiment.num_seeds > 1:
-            logger.info("replicate with master seed %d", seed)
-        system = graph.exp.system()
-        truth = _truth(graph, system, progress)
-        replicates[seed] = {
-            scale.name: _run_scale(graph, system, scale, truth, progress).dataset
-            for scale in experiment.scales()
-        }
-        records += graph.records
-    metrics = summarise(experiment, replicates)
+    try:
+        for seed in replicate_seeds(experiment):
+            graph = _Graph(dataclasses.replace(experiment, seed=seed), store, force)
+            if experiment.num_seeds > 1:
+                logger.info("replicate with master seed %d", seed)
+            system = graph.exp.system()
+            truth = _truth(graph, system, progress)
+            replicates[seed] = {
+                scale.name: _run_scale(graph, system, scale, truth, progress).dataset
+                for scale in experiment.scales()
+            }
+            records += graph.records
+        metrics = summarise(experiment, replicates)
+    finally:  # interrupted or not, this call's time counts towards the run's
+        elapsed = time.perf_counter() - start
+        atomic_write_json(run_dir / WALL_TIME_FILE, {"seconds": earlier + elapsed})
     metrics.update(
-        wall_time_s=time.perf_counter() - start,
+        wall_time_s=earlier + elapsed,
+        wall_time_this_call_s=elapsed,
         stages_built=[f"seed{r.seed}/{r.name}" for r in records if r.built],
         stages={f"seed{r.seed}/{r.name}": str(r.path) for r in records},
         config=canonical_config(experiment),
@@ -220,6 +235,14 @@ def run(
     atomic_write_json(run_dir / "metrics.json", metrics)
     write_report(run_dir, experiment, metrics, replicates)
     return RunResult(run_dir, metrics, records)
+
+
+def _earlier_wall_time(run_dir: Path) -> float:
+    """Seconds that earlier calls (interrupted or complete) spent on ``run_dir``'s run."""
+    try:
+        return float(json.loads((run_dir / WALL_TIME_FILE).read_text())["seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.0
 
 
 def replicate_seeds(experiment: AbstractExperiment) -> list[int]:

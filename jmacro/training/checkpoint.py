@@ -26,6 +26,8 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import equinox as eqx
+import jax
+import jax.numpy as jnp
 
 from jmacro.io.atomic import atomic_file, atomic_write_json
 from jmacro.models.registry import build_model
@@ -131,10 +133,18 @@ def load_model(directory: str | os.PathLike, like: eqx.Module | None = None) -> 
     raise FileNotFoundError(f"no {MODEL_FILE} in {directory}.")
 
 
+def _as_like(file, like):
+    """Read a JAX array leaf in the dtype of ``like``'s: a model written in float32 loads into
+    a skeleton built under JAX_ENABLE_X64 (float64) and back; shapes must still match."""
+    if isinstance(like, jax.Array):
+        return jnp.asarray(jnp.load(file), like.dtype)
+    return eqx.default_deserialise_filter_spec(file, like)
+
+
 def _deserialise(path, like):
     try:
         with open(path, "rb") as f:
-            return eqx.tree_deserialise_leaves(f, like)
+            return eqx.tree_deserialise_leaves(f, like, filter_spec=_as_like)
     except RuntimeError as error:  # equinox: a leaf changed type or shape
         raise ValueError(
             f"{path} does not fit this model (it was written for another model or "

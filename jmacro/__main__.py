@@ -1,0 +1,6 @@
+"""``python -m jmacro``: the ``jmacro`` command line."""
+
+from jmacro.cli import main
+
+if __name__ == "__main__":
+    main()
