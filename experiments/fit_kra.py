@@ -64,11 +64,12 @@ def load_dft_barriers(directory: str | Path):
     voxels = np.mod(np.rint(cell.positions / (cell.box[0] / side)).astype(np.int64), side)
     ids = np.loadtxt(directory / "atomid_for_NN.txt", dtype=np.int64) - 1
     energies = np.loadtxt(directory / "barrier_for_NN.txt")
+    full = np.asarray(bcc.voxels_to_occupancy(jnp.asarray(grid)))
     occupancies, barriers = [], np.zeros(energies.shape)
     for i, (row_ids, row_e) in enumerate(zip(ids, energies, strict=True)):
-        vacant = grid.copy()
-        vacant[tuple(voxels[i])] = bcc.VACANCY
-        occupancies.append(np.asarray(bcc.voxels_to_occupancy(jnp.asarray(vacant))))
+        vacant = full.copy()
+        vacant[(*(voxels[i] // 2), voxels[i][0] % 2)] = bcc.VACANCY
+        occupancies.append(vacant)
         offset = np.mod(voxels[row_ids] - voxels[i] + 1, side) - 1  # in {-1, +1} if first shell
         if np.any(np.abs(offset) != 1):
             raise ValueError(f"row {i}: the listed atoms are not first neighbours of atom {i}.")

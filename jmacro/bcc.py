@@ -182,7 +182,8 @@ def species_counts(num_sites: int, num_vacancies: int, composition) -> np.ndarra
 
 # ------------------------------------------------------------------------------ bond counts
 def _one_hot(occupancy: Shaped[Array, "..."]) -> Float[Array, "... 4"]:
-    return (occupancy[..., None] == jnp.arange(NUM_SPECIES)).astype(jnp.float32)
+    codes = jnp.arange(NUM_SPECIES, dtype=occupancy.dtype)
+    return (occupancy[..., None] == codes).astype(jnp.float32)
 
 
 def bond_counts(occupancy: Shaped[Array, "L L L 2"], shell: int = 1) -> Float[Array, "4 4"]:

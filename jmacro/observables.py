@@ -8,8 +8,11 @@ reference's convention for the known part of the closure encoder).
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Shaped
+
+from jmacro import bcc
 
 
 def magnetisation(spins: Shaped[Array, "H W"]) -> Float[Array, ""]:
@@ -42,3 +45,45 @@ def curie_weiss_energy_per_site(
     """E / N = -(J m^2 / 2 + h m) for the mean-field model."""
     m = magnetisation(spins)
     return -(0.5 * coupling * m**2 + field * m)
+
+
+# ------------------------------------------------------------------------------ BCC alloy
+def short_range_order(occupancy: Shaped[Array, "L L L 2"]) -> Float[Array, "6"]:
+    """The six first-shell SRO numbers of a periodic BCC occupancy (``jmacro.bcc`` layout).
+
+    delta_ij = Z_ij - 8/3, Z_ij = (number of ordered first-neighbour pairs (i atom, j atom)) / N_i,
+    the mean number of j-type first neighbours of an i atom; bonds to vacancies are not counted.
+    Order (``bcc.SRO_PAIRS``): NbNb, NbMo, NbTa, MoMo, MoTa, TaTa (row species first).
+
+    Exact identities (any vacancy content): N_i Z_ij = N_j Z_ji (each i-j bond is counted once
+    from each end), so N_i delta_ij - N_j delta_ji = (8/3)(N_j - N_i): the three off-diagonal
+    numbers are symmetric iff the counts are equal; and sum_j Z_ij = 8 - b_i / N_i, b_i the
+    number of (i atom, vacancy) first-neighbour pairs. A species absent from the state gives NaN.
+    """
+    matrix = short_range_order_matrix(occupancy)
+    rows, cols = jnp.asarray(bcc.SRO_PAIRS).T
+    return matrix[rows - 1, cols - 1]
+
+
+def short_range_order_matrix(occupancy: Shaped[Array, "L L L 2"]) -> Float[Array, "3 3"]:
+    """delta_ij for i, j in (Nb, Mo, Ta) as a (3, 3) array (see ``short_range_order``)."""
+    bonds = bcc.bond_counts(occupancy, shell=1)
+    ordered = (bonds + bonds.T)[1:, 1:]
+    codes = jnp.arange(1, bcc.NUM_SPECIES, dtype=occupancy.dtype)
+    counts = jnp.sum(occupancy[..., None] == codes, axis=(0, 1, 2, 3))
+    return ordered / counts.astype(jnp.float32)[:, None] - 8.0 / 3.0
+
+
+def short_range_order_per_tile(
+    occupancy: Shaped[Array, "L L L 2"], tile_cells: int
+) -> Float[Array, "K 6"]:
+    """``short_range_order`` of each cubic tile of ``tile_cells``^3 cells, each tile taken as a
+    small periodic system (this module's patch convention). Tiles in row-major order of their
+    cell origins (tile (a, b, c) covers cells [a t, (a + 1) t) x ...); t must divide L."""
+    num_cells = occupancy.shape[0]
+    if tile_cells <= 0 or num_cells % tile_cells:
+        raise ValueError(f"tile_cells = {tile_cells} must divide the {num_cells} cells per side.")
+    per_side = num_cells // tile_cells
+    tiles = occupancy.reshape((per_side, tile_cells) * 3 + (2,))
+    tiles = tiles.transpose(0, 2, 4, 1, 3, 5, 6).reshape(-1, tile_cells, tile_cells, tile_cells, 2)
+    return jax.vmap(short_range_order)(tiles)

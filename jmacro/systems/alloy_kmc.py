@@ -47,6 +47,7 @@ BOLTZMANN_EV = 8.617333e-5
 ATTEMPT_FREQUENCY = 1e13
 """nu0 in 1/s (the reference's)."""
 WAITING_TIMES = ("exponential", "mean")
+"""The ``waiting_time`` choices."""
 
 
 class AlloyState(NamedTuple):
@@ -109,7 +110,9 @@ class VacancyKMC(AbstractSystem):
         barrier_model: an ``AbstractBarrierModel`` (``NNKBarrier``, ``KRABarrier``).
         temperature: T in K (scalar array: ``jax.vmap`` over it for several temperatures).
         attempt_frequency: nu0 in 1/s.
-        waiting_time: ``"exponential"`` (exact) or ``"mean"`` (1 / R per event).
+        mean_waiting_time: bool scalar array, from ``waiting_time="exponential"`` (False:
+            Exp(1) / R per event, exact) or ``"mean"`` (True: 1 / R). An array, not a static
+            flag, so one compiled program serves both.
 
     Example::
 
@@ -121,7 +124,7 @@ class VacancyKMC(AbstractSystem):
     barrier_model: AbstractBarrierModel
     temperature: Float[Array, ""]
     attempt_frequency: Float[Array, ""]
-    waiting_time: str = eqx.field(static=True)
+    mean_waiting_time: Bool[Array, ""]
 
     boundaries: ClassVar[tuple[type[AbstractBoundary], ...]] = (Periodic,)
     state_dtype: ClassVar[Any] = jnp.int8
@@ -140,7 +143,7 @@ class VacancyKMC(AbstractSystem):
         self.barrier_model = barrier_model
         self.temperature = _positive(temperature, "temperature")
         self.attempt_frequency = _positive(attempt_frequency, "attempt_frequency")
-        self.waiting_time = waiting_time
+        self.mean_waiting_time = jnp.asarray(waiting_time == "mean")
 
     # ------------------------------------------------------------------ rates
     def vacancy_barriers(
@@ -151,6 +154,7 @@ class VacancyKMC(AbstractSystem):
         energy = self.barrier_model.barriers(occupancy, vacancy)
         return jnp.where(neighbours == bcc.VACANCY, jnp.inf, energy)
 
+    @eqx.filter_jit
     def barriers(self, state: AlloyState) -> Float[Array, "V 8"]:
         """E_b (eV) of every allowed exchange, inf for forbidden ones."""
         return jax.vmap(self.vacancy_barriers, (None, 0))(state.occupancy, state.vacancies)
@@ -159,10 +163,12 @@ class VacancyKMC(AbstractSystem):
         """ln r = ln nu0 - E_b / (k_B T), r in 1/s (-inf for forbidden exchanges)."""
         return jnp.log(self.attempt_frequency) - barriers / (BOLTZMANN_EV * self.temperature)
 
+    @eqx.filter_jit
     def rates(self, state: AlloyState) -> Float[Array, "V 8"]:
         """r[m, k] in 1/s (float32: below ~1e-38 /s a rate reads 0)."""
         return jnp.exp(self.log_rates(self.barriers(state)))
 
+    @eqx.filter_jit
     def log_total_rate(self, state: AlloyState) -> Float[Array, ""]:
         """ln R, R = sum of all exchange rates (1/s)."""
         return jax.nn.logsumexp(self.log_rates(self.barriers(state)))
@@ -182,7 +188,7 @@ class VacancyKMC(AbstractSystem):
         index = jnp.sum(cumulative <= pick * cumulative[-1]).astype(jnp.int32)
         index = jnp.minimum(index, cumulative.shape[0] - 1)
         log_total = jnp.log(self.attempt_frequency) + top + jnp.log(cumulative[-1])
-        units = -jnp.log1p(-wait) if self.waiting_time == "exponential" else jnp.float32(1.0)
+        units = jnp.where(self.mean_waiting_time, jnp.float32(1.0), -jnp.log1p(-wait))
         return index, units * jnp.exp(-log_total)
 
     def _apply(self, carry: _Carry, index: Int[Array, ""], live: Bool[Array, ""]) -> _Carry:
@@ -261,17 +267,28 @@ class VacancyKMC(AbstractSystem):
         """The state at time ``duration`` (s): the events whose cumulative waiting time is <=
         ``duration``. Event i draws with ``jr.fold_in(key, i)``, as in ``advance_events``."""
         self._check(state)
-        carry = self._run_for(state, key, check_duration(duration))
+        return self._advance(state, key, check_duration(duration))
+
+    @eqx.filter_jit
+    def _advance(self, state: AlloyState, key: PRNGKeyArray, duration) -> AlloyState:
+        carry = self._run_for(state, key, duration)
         return AlloyState(carry.occupancy, carry.vacancies)
 
     def advance_events(
-        self, state: AlloyState, key: PRNGKeyArray, num_events: int | None = None
+        self, state: AlloyState, key: PRNGKeyArray, num_events: int | Int[Array, ""] | None = None
     ) -> tuple[AlloyState, Float[Array, ""]]:
         """Exactly ``num_events`` exchanges (default: one per site, 2 L^3); ``(state, dt)``
-        with dt the elapsed time in s. ``num_events`` may be traced."""
+        with dt the elapsed time in s. ``num_events`` may be traced (one compiled program
+        serves every count)."""
         self._check(state)
         if num_events is None:
             num_events = state.occupancy.size
+        if is_concrete(num_events) and np.any(np.asarray(num_events) < 0):
+            raise ValueError(f"num_events must be >= 0, got {num_events!r}.")
+        return self._advance_events(state, key, jnp.asarray(num_events, jnp.int32))
+
+    @eqx.filter_jit
+    def _advance_events(self, state: AlloyState, key: PRNGKeyArray, num_events):
         carry = self._run_events(state, key, num_events)
         return AlloyState(carry.occupancy, carry.vacancies), carry.time
 
@@ -291,6 +308,7 @@ class VacancyKMC(AbstractSystem):
         self.check_boundary(boundary)
         return self.advance_events(patch, key, num_events)
 
+    @eqx.filter_jit
     def trajectory(
         self,
         state: AlloyState,
@@ -312,6 +330,7 @@ class VacancyKMC(AbstractSystem):
         _, path = jax.lax.scan(saved, state, keys)
         return jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), state, path)
 
+    @eqx.filter_jit
     def event_trajectory(
         self, state: AlloyState, key: PRNGKeyArray, num_frames: int, events_per_frame: int
     ) -> tuple[AlloyState, Float[Array, " F"]]:
