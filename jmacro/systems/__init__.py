@@ -2,13 +2,22 @@
 
 The contract (``AbstractSystem``) and its two families: heat-bath spins
 (``AbstractHeatBathSpins``: ``GlauberIsing``, ``CurieWeiss``) and explicitly stepped SPDEs
-(``AbstractSPDE``: ``PredatorPrey``). Host drivers over many trajectories are in
-``jmacro.simulate``; partial evolution and LocalRelax in ``jmacro.scale``.
+(``AbstractSPDE``: ``PredatorPrey``), and the vacancy-exchange KMC of a BCC alloy
+(``VacancyKMC`` with a barrier model ``NNKBarrier`` / ``KRABarrier``). Host drivers over
+many trajectories are in ``jmacro.simulate``; partial evolution and LocalRelax in ``jmacro.scale``.
 """
 
 from jmacro.systems._base import AbstractSystem, SimulationBlowUpError
 from jmacro.systems._spde import AbstractSPDE, euler_maruyama_step, heun_step
 from jmacro.systems._spins import AbstractHeatBathSpins, random_spins
+from jmacro.systems.alloy_kmc import (
+    AlloyState,
+    VacancyKMC,
+    alloy_state,
+    state_from_voxels,
+    state_to_voxels,
+)
+from jmacro.systems.barriers import AbstractBarrierModel, KRABarrier, NNKBarrier
 from jmacro.systems.curie_weiss import (
     CurieWeiss,
     mean_field_diffusion_sq,
@@ -25,13 +34,19 @@ from jmacro.systems.predator_prey import initial_condition as predator_prey_init
 
 __all__ = [
     "CRITICAL_TEMPERATURE",
+    "AbstractBarrierModel",
     "AbstractHeatBathSpins",
     "AbstractSPDE",
     "AbstractSystem",
+    "AlloyState",
     "CurieWeiss",
     "GlauberIsing",
+    "KRABarrier",
+    "NNKBarrier",
     "PredatorPrey",
     "SimulationBlowUpError",
+    "VacancyKMC",
+    "alloy_state",
     "euler_maruyama_step",
     "heun_step",
     "mean_field_diffusion_sq",
@@ -40,4 +55,6 @@ __all__ = [
     "onsager_energy_per_site",
     "predator_prey_initial_condition",
     "random_spins",
+    "state_from_voxels",
+    "state_to_voxels",
 ]
