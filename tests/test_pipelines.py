@@ -6,12 +6,15 @@ import dataclasses
 import inspect
 import itertools
 import json
+import pathlib
+import re
 import textwrap
 
 import jax.random as jr
 import numpy as np
 import pytest
 
+import jmacro
 from jmacro import _versions
 from jmacro.cli import main
 from jmacro.pipelines import EXPERIMENTS, default_run_dir, get_experiment, run, runner
@@ -383,3 +386,27 @@ def test_an_interrupted_fit_resumes_from_its_last_epoch(tmp_path, monkeypatch):
     assert epochs[0] == 2  # the autoencoder resumed after its first epoch
     assert epochs[1:] == [1, 2] * len(cfg.sde_variants(cfg.scales()[0]))  # fresh SDE fits
     assert not list((tmp_path / "stages").glob("*_partial"))
+
+
+def test_load_run_and_the_readme_example_on_a_smoke_run(smoke_run, capsys):
+    """``jmacro.load_run`` gives back the run's config, models, memory-mapped data and
+    metrics, and the README's "use a trained model" example runs on it as written."""
+    cfg, result = smoke_run
+    if cfg.name != "ising":
+        pytest.skip("the README example is the Ising one")
+    loaded = jmacro.load_run(result.run_dir)
+    assert loaded.config == cfg and loaded.metrics == json.loads(
+        (result.run_dir / "metrics.json").read_text()
+    )
+    scale = cfg.scales()[0].name
+    snapshots = loaded.datasets[f"{scale}_large"]["snapshots"]
+    assert isinstance(snapshots, np.memmap) and not snapshots.flags.writeable
+    history = loaded.histories[f"seed{cfg.seed + 1}/{scale}_sde_ours"]
+    assert [r["epoch"] for r in history] == list(range(1, cfg.sde.epochs + 1))
+    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+    (example,) = re.findall(r"```python needs-a-run\n(.*?)```", readme, flags=re.S)
+    line = re.search(r'^RUN_DIR, SCALE = "[^"]+", "[^"]+"', example, flags=re.M).group(0)
+    example = example.replace(line, f"RUN_DIR, SCALE = {str(result.run_dir)!r}, {scale!r}")
+    exec(compile(example, "README.md", "exec"), {})
+    printed = capsys.readouterr().out
+    assert str(cfg.temperature) in printed and "nan" not in printed
