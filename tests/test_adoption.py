@@ -18,7 +18,7 @@ import pytest
 
 from jmacro.io import atomic_write_json, save_dataset
 from jmacro.models import make_latent_sde
-from jmacro.pipelines import get_experiment, run, runner
+from jmacro.pipelines import get_experiment, report, run, runner
 from jmacro.training import save_model
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -107,3 +107,37 @@ def test_project_files_a_user_looks_for():
         assert not target.startswith(("..", "/")), target
         assert (ROOT / target).exists() or target.startswith("https://"), target
     assert "REFERENCE.md" not in readme and "../shared" not in readme
+
+
+def test_trajectory_plot_clips_and_flags_a_diverging_model(tmp_path, monkeypatch):
+    """A baseline whose magnetisation runs off to 8 (seen in a quick run) no longer sets the
+    axis: the axis shows the truth, the curve is clipped and the panel and report flag it;
+    each test condition gets its own colour; every panel has a y-label."""
+    rng = np.random.default_rng(0)
+    truth = np.stack([np.full((8, 5, 2), m) for m in (-0.5, 0.5)])  # (C, R, T+1, d)
+    truth += 0.05 * rng.normal(size=truth.shape)
+    runaway = truth.copy()
+    runaway[..., 0] += np.linspace(0.0, 8.0, 5)  # along time
+    evaluation = {"times": np.arange(5.0), "truth": truth, "pred_ours": truth, "pred_base": runaway}
+    experiment = SimpleNamespace(
+        name="ising",
+        latent_names=("magnetisation", "domain-wall density"),
+        conditions=lambda: ["m0 = -0.5", "m0 = 0.5"],
+        time_unit="time (sweeps)",
+    )
+    variants = [
+        SimpleNamespace(name="ours", group="ours"),
+        SimpleNamespace(name="base", group="baseline"),
+    ]
+    figures = []
+    monkeypatch.setattr(report, "_save", lambda fig, path, plt: figures.append(fig))
+    flags = report.plot_trajectories(tmp_path / "t.png", experiment, evaluation, variants)
+    assert flags == ["baseline (magnetisation)"]
+    m_axis, dw_axis = figures[0].axes[:2]
+    low, high = m_axis.get_ylim()
+    assert -1.0 < low < -0.5 and 0.5 < high < 1.0  # the truth's range, not the runaway's 8.5
+    assert "off scale" in " ".join(t.get_text() for t in m_axis.texts)
+    assert not dw_axis.texts
+    assert "magnetisation" in m_axis.get_ylabel() and "per bond" in dw_axis.get_ylabel()
+    colours = {line.get_color() for line in m_axis.lines if line.get_linestyle() == "-"}
+    assert len(colours) == 2  # one per initial condition

@@ -410,3 +410,12 @@ def test_load_run_and_the_readme_example_on_a_smoke_run(smoke_run, capsys):
     exec(compile(example, "README.md", "exec"), {})
     printed = capsys.readouterr().out
     assert str(cfg.temperature) in printed and "nan" not in printed
+
+
+def test_every_report_has_training_curves(smoke_run):
+    cfg, result = smoke_run
+    report = (result.run_dir / "report.md").read_text()
+    for scale in cfg.scales():
+        assert (result.run_dir / f"training_{scale.name}.png").stat().st_size > 0
+        assert f"![training](training_{scale.name}.png)" in report
+    assert "Kept models (best validation loss):" in report

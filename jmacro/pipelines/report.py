@@ -10,11 +10,14 @@ experiment:
 - ``score_vs_scale.png`` / ``reference_score_vs_scale.png`` when there are several scales,
   ``score_vs_group_<scale>.png`` when the groups of one scale are numbers (a lambda sweep);
 - ``mmd_over_time_<scale>.png``: the spread of the predictions over time;
-- ``trajectories_<scale>.png``: mean +- std of every latent, truth and up to two groups.
+- ``trajectories_<scale>.png``: mean +- std of every latent per test condition (one colour
+  each), truth and up to two groups; diverging predictions clipped and flagged;
+- ``training_<scale>.png``: the SDEs' training and validation losses per epoch, kept model marked.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -132,29 +135,137 @@ def plot_mmd_over_time(path: Path, experiment, metrics: dict, times, scale) -> N
     _save(fig, path, plt)
 
 
-def plot_trajectories(path: Path, experiment, evaluation, variants) -> None:
-    """Mean +- std of every latent vs time: ground truth and each of ``variants``."""
+def _latent_label(name: str) -> str:
+    """A y-axis label with units: the spin observables are per-site averages, learned closure
+    variables have no physical unit."""
+    units = {
+        "magnetisation": "magnetisation m (per spin)",
+        "domain-wall density": "domain-wall density (per bond)",
+    }
+    if name.startswith("closure") or name.startswith("latent"):
+        return f"{name} (learned, arbitrary units)"
+    return units.get(name, name)
+
+
+def _robust_range(truth_lo: np.ndarray, truth_hi: np.ndarray, curves: list[np.ndarray]):
+    """Axis limits that show the truth's band and every prediction that stays within one
+    band-width of it, and the indices of the curves that leave that window (clipped)."""
+    lo, hi = float(np.nanmin(truth_lo)), float(np.nanmax(truth_hi))
+    width = max(hi - lo, 1e-3 * max(abs(lo), abs(hi), 1.0))
+    allowed = (lo - width, hi + width)
+    off = []
+    for i, curve in enumerate(curves):
+        finite = curve[np.isfinite(curve)]
+        if finite.size < curve.size or (
+            finite.size and (finite.min() < allowed[0] or finite.max() > allowed[1])
+        ):
+            off.append(i)
+            continue
+        if finite.size:
+            lo, hi = min(lo, float(finite.min())), max(hi, float(finite.max()))
+    pad = 0.06 * max(hi - lo, width)
+    return (lo - pad, hi + pad), off
+
+
+def plot_trajectories(path: Path, experiment, evaluation, variants) -> list[str]:
+    """Ensemble mean (lines) and +- one standard deviation (bands) of every latent vs time, per
+    test condition (one colour each): the truth solid, each of ``variants`` in its own line
+    style. The axes are set by the truth; a prediction that leaves them by more than the
+    truth's own range is clipped and flagged in the panel. Returns the flags, e.g.
+    ``"baseline (magnetisation)"``."""
     plt = _pyplot()
+    from matplotlib.lines import Line2D
+
     times = np.asarray(evaluation["times"])
     truth = np.asarray(evaluation["truth"])  # (C, R, T+1, d)
-    d = truth.shape[-1]
+    num_conditions, d = truth.shape[0], truth.shape[-1]
     names = list(experiment.latent_names) + [f"latent {k}" for k in range(d)]
-    styles = [("truth", truth, "k", "-")] + [
-        (v.group, np.asarray(evaluation[f"pred_{v.name}"]), f"C{i}", "--")
-        for i, v in enumerate(variants)
+    conditions = experiment.conditions()
+    preds = [np.asarray(evaluation[f"pred_{v.name}"], np.float64) for v in variants]
+    styles = ["--", ":", "-."]
+    cmap = plt.get_cmap("viridis" if num_conditions > 10 else "tab10")
+    colours = [cmap(c / max(num_conditions - 1, 1) if num_conditions > 10 else c) for c in
+               range(num_conditions)]  # fmt: skip
+    flags = []
+    fig, axes = plt.subplots(1, d, figsize=(3.6 * d, 3.4), squeeze=False)
+    with np.errstate(invalid="ignore", over="ignore"):
+        for k, ax in enumerate(axes[0]):
+            t_mean, t_std = truth[..., k].mean(1), truth[..., k].std(1)  # (C, T+1)
+            p_mean = [p[..., k].mean(1) for p in preds]
+            p_std = [p[..., k].std(1) for p in preds]
+            ylim, off = _robust_range(t_mean - t_std, t_mean + t_std, [m.ravel() for m in p_mean])
+            for c in range(num_conditions):
+                colour = colours[c]
+                ax.plot(times, t_mean[c], "-", color=colour, lw=1.2)
+                ax.fill_between(
+                    times, t_mean[c] - t_std[c], t_mean[c] + t_std[c], color=colour, alpha=0.15
+                )
+                for i, (mean, std) in enumerate(zip(p_mean, p_std, strict=True)):
+                    ax.plot(times, mean[c], styles[i % 3], color=colour, lw=1)
+                    if i not in off:
+                        ax.fill_between(
+                            times, mean[c] - std[c], mean[c] + std[c], color=colour, alpha=0.05
+                        )
+            ax.set_ylim(*ylim)
+            for n, i in enumerate(off):
+                flags.append(f"{variants[i].group} ({names[k]})")
+                ax.text(
+                    0.02, 0.97 - 0.07 * n, f"{variants[i].group}: off scale, clipped",
+                    transform=ax.transAxes, fontsize=7, va="top", color="firebrick",
+                )  # fmt: skip
+            ax.set_ylabel(_latent_label(names[k]), fontsize=8)
+            ax.set_xlabel(experiment.time_unit)
+    methods = [Line2D([], [], color="k", ls="-", label="truth")] + [
+        Line2D([], [], color="k", ls=styles[i % 3], label=v.group) for i, v in enumerate(variants)
     ]
-    fig, axes = plt.subplots(1, d, figsize=(3.6 * d, 3.2), squeeze=False)
-    for k, ax in enumerate(axes[0]):
-        for c in range(truth.shape[0]):
-            for label, data, colour, style in styles:
-                mean, std = data[c, :, :, k].mean(0), data[c, :, :, k].std(0)
-                ax.plot(times, mean, style, color=colour, lw=1, label=label if c == 0 else None)
-                ax.fill_between(times, mean - std, mean + std, color=colour, alpha=0.08)
-        ax.set_title(names[k], fontsize=9)
-        ax.set_xlabel(experiment.time_unit)
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle(f"{experiment.name}: {', '.join(experiment.conditions())}", fontsize=8)
+    where = [Line2D([], [], color=colours[c], lw=3, label=conditions[c]) for c in
+             range(num_conditions)]  # fmt: skip
+    first = axes[0][0].legend(handles=methods, fontsize=7, loc="lower left")
+    axes[0][0].add_artist(first)
+    axes[0][-1].legend(handles=where, fontsize=7, loc="lower right", ncol=1 + num_conditions // 5)
+    fig.suptitle(
+        f"{experiment.name}: test ensembles, mean and +- 1 std (bands) per initial condition",
+        fontsize=8,
+    )
     _save(fig, path, plt)
+    return flags
+
+
+def plot_training(path: Path, histories: dict[str, list[dict]]) -> dict[str, tuple[int, int]]:
+    """Training and validation loss per epoch of each SDE (``histories[group]``: the records
+    of ``history.json``), the kept model (best validation loss) marked. Losses are negative
+    log-likelihoods that can span decades of either sign: symmetric-log axis. Returns
+    ``{group: (kept epoch, epochs)}``."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    kept = {}
+    for i, (group, history) in enumerate(histories.items()):
+        epochs = [r["epoch"] for r in history]
+        val = [r["val_loss"] for r in history]
+        ax.plot(epochs, [r["train_loss"] for r in history], "-", color=f"C{i}", lw=1,
+                label=f"{group} train")  # fmt: skip
+        ax.plot(epochs, val, "--", color=f"C{i}", lw=1, label=f"{group} validation")
+        best = int(np.nanargmin(val))
+        ax.plot(epochs[best], val[best], "o", color=f"C{i}", ms=5)
+        kept[group] = (epochs[best], len(history))
+    ax.set_yscale("symlog", linthresh=1.0)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set(xlabel="epoch", ylabel="loss (negative log-likelihood)")
+    ax.set_title("SDE training (dot: the kept model, best validation loss)", fontsize=8)
+    ax.legend(fontsize=7)
+    _save(fig, path, plt)
+    return kept
+
+
+def _histories(metrics: dict, scale, variants) -> dict[str, list[dict]]:
+    """The first replicate's ``history.json`` of each variant's SDE stage, by group."""
+    seed, found = metrics["seeds"][0], {}
+    for v in variants:
+        stage = metrics.get("stages", {}).get(f"seed{seed}/{scale.name}_sde_{v.name}")
+        path = Path(stage) / "history.json" if stage else None
+        if path is not None and path.is_file():
+            found[v.group] = json.loads(path.read_text())
+    return found
 
 
 def plot_oracle(path: Path, experiment, evaluation, variants) -> None:
@@ -286,7 +397,7 @@ def write_report(run_dir: Path, experiment, metrics: dict, replicates: dict) -> 
     if "reference_score" in metrics["floors"][scales[0].name]:
         steps = len(np.asarray(first[scales[0].name]["ref_times"]))
         lines += [
-            "## The reference's protocol (REFERENCE.md 3.1)",
+            "## The reference's protocol (docs/reference.md)",
             "",
             f"{steps} event steps of n flips, truth interpolated onto the grid of the mean "
             "step, all latents min-max scaled except the magnetisation; relative squared "
@@ -335,5 +446,14 @@ def _scale_section(run_dir, experiment, metrics, evaluation, scale) -> list[str]
     shown = list(dict.fromkeys([groups[0], best, *groups[1:2]]))[:2]
     picked = [next(v for v in variants if v.group == g) for g in shown]
     name = f"trajectories_{scale.name}.png"
-    plot_trajectories(run_dir / name, experiment, evaluation, picked)
-    return [*lines, f"Best group: {best}.", "", f"![latent trajectories]({name})", ""]
+    flags = plot_trajectories(run_dir / name, experiment, evaluation, picked)
+    lines += [f"Best group: {best}.", "", f"![latent trajectories]({name})", ""]
+    if flags:
+        lines += [f"Off scale in the plot (diverging, clipped): {', '.join(flags)}.", ""]
+    histories = _histories(metrics, scale, firsts)
+    if histories:
+        name = f"training_{scale.name}.png"
+        kept = plot_training(run_dir / name, histories)
+        summary = ", ".join(f"{g} epoch {e} of {n}" for g, (e, n) in kept.items())
+        lines += [f"Kept models (best validation loss): {summary}.", "", f"![training]({name})", ""]
+    return lines
