@@ -41,19 +41,24 @@ def check_lattice_shape(shape, min_side: int = 2) -> tuple[int, int]:
     return height, width
 
 
+def _show(arr: np.ndarray) -> str:
+    """Values for a message: ``-1.0`` or ``[0.5, nan]``, not numpy's ``array(-1.)``."""
+    return str(arr.item()) if arr.size == 1 else np.array2string(arr, separator=", ")
+
+
 def check_positive_array(value, name: str):
     """Raise if a concrete ``value`` has any entry <= 0 or non-finite; return it unchanged."""
     if is_concrete(value):
         arr = np.asarray(value)
         if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
-            raise ValueError(f"{name} must be finite and > 0, got {arr!r}.")
+            raise ValueError(f"{name} must be finite and > 0, got {_show(arr)}.")
     return value
 
 
 def check_finite_array(value, name: str):
     """Raise if a concrete ``value`` has a NaN or infinite entry; return it unchanged."""
     if is_concrete(value) and not np.all(np.isfinite(np.asarray(value))):
-        raise ValueError(f"{name} must be finite, got {np.asarray(value)!r}.")
+        raise ValueError(f"{name} must be finite, got {_show(np.asarray(value))}.")
     return value
 
 

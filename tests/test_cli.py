@@ -189,3 +189,13 @@ def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
     assert not any("Traceback" in line for line in lines)
     assert not [p for p in store.iterdir() if p.name.startswith(".")]
     assert json.loads((out / "wall_time.json").read_text())["seconds"] > 1.0
+
+
+@pytest.mark.parametrize("value", ["-1", "nan"])
+def test_a_bad_temperature_is_reported_as_a_number(value, tmp_path, capsys):
+    with pytest.raises(SystemExit) as excinfo:
+        main(["run", "ising", "--preset", "smoke", "--temperature", value, "--out", str(tmp_path)])
+    assert excinfo.value.code == 2
+    err = capsys.readouterr().err
+    assert f"temperature must be finite and > 0, got {float(value)}" in err
+    assert "array(" not in err
