@@ -18,8 +18,10 @@ Direction order (first shell) is the sign pattern of (dx, dy, dz): ---, --+, -+-
 
 from __future__ import annotations
 
+import functools
 import itertools
 
+import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
@@ -67,6 +69,7 @@ def site_indices(voxels: Int[Array, "*batch 3"], num_cells: int) -> tuple[Array,
     return cells[..., 0], cells[..., 1], cells[..., 2], wrapped[..., 0] % 2
 
 
+@jax.jit
 def gather_sites(
     occupancy: Shaped[Array, "L L L 2"], voxels: Int[Array, "*batch 3"]
 ) -> Shaped[Array, "*batch"]:
@@ -74,6 +77,7 @@ def gather_sites(
     return occupancy[site_indices(voxels, occupancy.shape[0])]
 
 
+@functools.partial(jax.jit, static_argnames="num_cells")
 def min_image_sq(delta: Int[Array, "*batch 3"], num_cells: int) -> Int[Array, "*batch"]:
     """Squared minimum-image length (voxel units^2) of voxel differences in a (2L)^3 box."""
     side = 2 * num_cells
@@ -83,6 +87,7 @@ def min_image_sq(delta: Int[Array, "*batch 3"], num_cells: int) -> Int[Array, "*
 
 
 # ------------------------------------------------------------------------------ conversions
+@jax.jit
 def occupancy_to_voxels(occupancy: Shaped[Array, "L L L 2"]) -> Int8[Array, "V V V"]:
     """The reference's (2L)^3 voxel grid: species at site voxels, -1 (``NON_SITE``) elsewhere."""
     num_cells = occupancy.shape[0]
@@ -132,6 +137,7 @@ def voxels_from_positions(
     return grid
 
 
+@functools.partial(jax.jit, static_argnames="num_vacancies")
 def find_vacancies(
     occupancy: Shaped[Array, "L L L 2"], num_vacancies: int
 ) -> Int[Array, "num_vacancies 3"]:
@@ -142,6 +148,37 @@ def find_vacancies(
     num_cells = occupancy.shape[0]
     cells = jnp.stack(jnp.unravel_index(flat // 2, (num_cells,) * 3), axis=-1)
     return (2 * cells + (flat % 2)[:, None]).astype(jnp.int32)
+
+
+# ------------------------------------------------------------------------------ windows
+def window_voxels(origin: Int[Array, "3"], num_cells: int) -> Int[Array, "t t t 2 3"]:
+    """Global voxels of the sites of a window of ``num_cells``^3 cells with its local voxel 0
+    at the site voxel ``origin``: local site (c, s) sits at ``origin + 2 c + s (1, 1, 1)``.
+
+    BCC is invariant under the half-diagonal shift, so a window may start on either
+    sublattice; an odd origin swaps the sublattices. The window of a vacancy v centred in
+    2t voxels has ``origin = v - t (1, 1, 1)`` and holds v at local cell (t/2, t/2, t/2), s = 0
+    (for even t)."""
+    cells = jnp.stack(jnp.meshgrid(*[jnp.arange(num_cells)] * 3, indexing="ij"), axis=-1)
+    local = 2 * cells[..., None, :] + jnp.arange(2)[:, None]  # (t, t, t, 2, 3)
+    return (jnp.asarray(origin, jnp.int32) + local).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames="num_cells")
+def window(
+    occupancy: Shaped[Array, "L L L 2"], origin: Int[Array, "3"], num_cells: int
+) -> Shaped[Array, "t t t 2"]:
+    """The ``(t, t, t, 2)`` occupancy of a window (``window_voxels``), periodic wrap."""
+    return gather_sites(occupancy, window_voxels(origin, num_cells))
+
+
+@jax.jit
+def insert_window(
+    occupancy: Shaped[Array, "L L L 2"], origin: Int[Array, "3"], patch: Shaped[Array, "t t t 2"]
+) -> Shaped[Array, "L L L 2"]:
+    """``occupancy`` with the window at ``origin`` replaced by ``patch`` (t <= L)."""
+    voxels = window_voxels(origin, patch.shape[0])
+    return occupancy.at[site_indices(voxels, occupancy.shape[0])].set(patch.astype(occupancy.dtype))
 
 
 # ------------------------------------------------------------------------------ construction
@@ -160,8 +197,12 @@ def random_occupancy(
     num_cells = check_positive_int(num_cells, "num_cells")
     counts = species_counts(2 * num_cells**3, num_vacancies, composition)
     labels = np.repeat(np.arange(NUM_SPECIES, dtype=np.int8), counts)
-    shuffled = jr.permutation(key, jnp.asarray(labels))
-    return shuffled.reshape(num_cells, num_cells, num_cells, 2)
+    return _shuffle(key, jnp.asarray(labels), num_cells)
+
+
+@functools.partial(jax.jit, static_argnames="num_cells")
+def _shuffle(key, labels, num_cells):
+    return jr.permutation(key, labels).reshape(num_cells, num_cells, num_cells, 2)
 
 
 def species_counts(num_sites: int, num_vacancies: int, composition) -> np.ndarray:
@@ -186,6 +227,7 @@ def _one_hot(occupancy: Shaped[Array, "..."]) -> Float[Array, "... 4"]:
     return (occupancy[..., None] == codes).astype(jnp.float32)
 
 
+@functools.partial(jax.jit, static_argnames="shell")
 def bond_counts(occupancy: Shaped[Array, "L L L 2"], shell: int = 1) -> Float[Array, "4 4"]:
     """C[i, j]: the number of (periodic) bonds of the given shell (1 or 2) with an i site at
     one end and a j site at the other, each bond counted once (so C + C^T counts ordered
@@ -222,6 +264,7 @@ __all__ = [
     "check_occupancy_shape",
     "find_vacancies",
     "gather_sites",
+    "insert_window",
     "min_image_sq",
     "occupancy_to_voxels",
     "random_occupancy",
@@ -229,4 +272,6 @@ __all__ = [
     "species_counts",
     "voxels_from_positions",
     "voxels_to_occupancy",
+    "window",
+    "window_voxels",
 ]

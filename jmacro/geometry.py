@@ -22,13 +22,16 @@ Implemented tilings:
   consecutive cells of an ``(n, *channels)`` field, or windows of w cells starting at
   0, s, ..., n - w (no wrap: the line has two physical ends). Boundary: ``Ghosts``.
 
-A 3D tiling (BCC supercells, vacancy-centred windows) implements the same ``AbstractTiling``.
+- ``BCCTiling3D(size, stride=None)``: cubic tiles of size^3 cells of an ``(L, L, L, 2)`` BCC
+  occupancy (``jmacro.bcc``); boundary ``Periodic``. Vacancy-centred windows are
+  ``jmacro.bcc.window``.
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
+import itertools
 from typing import ClassVar
 
 import equinox as eqx
@@ -475,6 +478,99 @@ class Segments1D(AbstractTiling):
         return [np.arange(a, count, ratio, dtype=np.int32) for a in range(ratio)]
 
 
+def _cube_side(shape) -> int:
+    if isinstance(shape, int | np.integer):
+        return int(shape)
+    shape = tuple(int(s) for s in shape)
+    if len(shape) < 3 or not shape[0] == shape[1] == shape[2]:
+        raise ValueError(f"a 3D tiling needs a cubic state (L, L, L, ...), got {shape}.")
+    return shape[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class BCCTiling3D(AbstractTiling):
+    """Cubic tiles of ``size``^3 cells of a periodic BCC occupancy ``(L, L, L, 2)``
+    (``jmacro.bcc`` layout: cells, then the 2 sublattices; any trailing axes ride along).
+
+    Tile ``index`` has its origin at cells ``s (a, b, c)``, (a, b, c) the row-major digits of
+    ``index`` in base L / s, s = ``stride`` (default ``size``: the K = (L / l)^3 disjoint
+    tiles, e.g. 8^3 cells = 1,024 sites, one vacancy each after upsampling); tiles wrap around
+    the periodic box. A smaller stride gives overlapping windows (LocalRelax); s must divide L.
+
+    Boundary: ``Periodic`` only (a tile evolves as a small periodic crystal, as in the
+    reference); it is also the LocalRelax default.
+    """
+
+    size: int = 8
+    stride: int | None = None
+
+    boundaries: ClassVar[tuple[type[AbstractBoundary], ...]] = (Periodic,)
+    frozen_boundary: ClassVar[type[AbstractBoundary]] = Periodic
+
+    def __post_init__(self):
+        check_positive_int(self.size, "tile size (cells)")
+        if self.stride is not None:
+            check_positive_int(self.stride, "stride")
+
+    @property
+    def step(self) -> int:
+        """Distance between tile origins, in cells."""
+        return self.size if self.stride is None else self.stride
+
+    def check(self, shape: int | tuple[int, ...]) -> int:
+        side = _cube_side(shape)
+        if self.size > side or side % self.step:
+            raise ValueError(
+                f"tiles of {self.size} cells every {self.step} cells do not tile a box of "
+                f"{side} cells per side: the stride must divide it and the tile fit in it."
+            )
+        return (side // self.step) ** 3
+
+    def _cells(self, side: int, index) -> tuple[Array, Array, Array]:
+        per_side = side // self.step
+        digits = (index // per_side**2, (index // per_side) % per_side, index % per_side)
+        span = jnp.arange(self.size)
+        xs, ys, zs = ((d * self.step + span) % side for d in digits)
+        return xs[:, None, None], ys[None, :, None], zs[None, None, :]
+
+    def extract(self, state: Shaped[Array, "L L L *rest"], index) -> Shaped[Array, "l l l *rest"]:
+        return state[self._cells(state.shape[0], index)]
+
+    def insert(
+        self, state: Shaped[Array, "L L L *rest"], index, patch: Shaped[Array, "l l l *rest"]
+    ) -> Shaped[Array, "L L L *rest"]:
+        return state.at[self._cells(state.shape[0], index)].set(patch.astype(state.dtype))
+
+    def insert_many(
+        self, state: Shaped[Array, "L L L *rest"], indices, patches: Shaped[Array, "G l l l *rest"]
+    ) -> Shaped[Array, "L L L *rest"]:
+        cells = jax.vmap(lambda i: self._cells(state.shape[0], i))(jnp.asarray(indices))
+        return state.at[cells].set(patches.astype(state.dtype))
+
+    def patch_with_boundary(
+        self, state: Shaped[Array, "L L L *rest"], index, kind: type[AbstractBoundary]
+    ) -> tuple[Shaped[Array, "l l l *rest"], AbstractBoundary]:
+        self.check_boundary(kind)
+        return self.extract(state, index), Periodic()
+
+    def groups(self, shape: int | tuple[int, ...]) -> list[np.ndarray]:
+        side = _cube_side(shape)
+        self.check(side)
+        if side % self.size or self.size % self.step:
+            raise ValueError(
+                f"the parallel schedule needs tile | side and stride | tile, got tile "
+                f"{self.size}, stride {self.step}, side {side}."
+            )
+        ratio, per_side, count = self.size // self.step, side // self.step, side // self.size
+        out = []
+        for shift in itertools.product(range(ratio), repeat=3):
+            # Tiles with origins s (shift + ratio i): disjoint tiles of the shifted box.
+            a, b, c = (d + ratio * np.arange(count) for d in shift)
+            flat = (a[:, None, None] * per_side + b[None, :, None]) * per_side + c[None, None, :]
+            out.append(flat.reshape(-1).astype(np.int32))
+        return out
+
+
 def cell_centres(num_cells: int) -> Float[Array, " n"]:
     """x_i = (i + 1/2) / n, the centres of the n cells of (0, 1)."""
     num_cells = check_positive_int(num_cells, "num_cells")
@@ -502,6 +598,7 @@ __all__ = [
     "BOUNDARY_KINDS",
     "AbstractBoundary",
     "AbstractTiling",
+    "BCCTiling3D",
     "FrozenHalo",
     "Ghosts",
     "MeanField",

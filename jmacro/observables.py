@@ -48,6 +48,7 @@ def curie_weiss_energy_per_site(
 
 
 # ------------------------------------------------------------------------------ BCC alloy
+@jax.jit
 def short_range_order(occupancy: Shaped[Array, "L L L 2"]) -> Float[Array, "6"]:
     """The six first-shell SRO numbers of a periodic BCC occupancy (``jmacro.bcc`` layout).
 
@@ -65,6 +66,7 @@ def short_range_order(occupancy: Shaped[Array, "L L L 2"]) -> Float[Array, "6"]:
     return matrix[rows - 1, cols - 1]
 
 
+@jax.jit
 def short_range_order_matrix(occupancy: Shaped[Array, "L L L 2"]) -> Float[Array, "3 3"]:
     """delta_ij for i, j in (Nb, Mo, Ta) as a (3, 3) array (see ``short_range_order``)."""
     bonds = bcc.bond_counts(occupancy, shell=1)

@@ -24,7 +24,15 @@ import numpy as np
 import pytest
 
 from jmacro import bcc, observables
+from jmacro.geometry import BCCTiling3D
 from jmacro.io.structures import read_lammps_dump
+from jmacro.scale.alloy import (
+    evolve_vacancy_window,
+    recentre_vacancies,
+    restore_composition,
+    tile_centres,
+    tile_upsample,
+)
 from jmacro.systems.alloy_kmc import (
     ATTEMPT_FREQUENCY,
     BOLTZMANN_EV,
@@ -75,7 +83,7 @@ def _random_kra(key) -> KRABarrier:
 
 # ------------------------------------------------------------------------------ converters
 def test_voxel_round_trip_and_layout():
-    state = _random_state(jr.key(0), 3, num_vacancies=2)
+    state = _random_state(jr.key(0), 4, num_vacancies=2)
     grid = np.asarray(state_to_voxels(state))
     i, j, k = np.indices(grid.shape)
     is_site = (i % 2 == j % 2) & (j % 2 == k % 2)
@@ -148,7 +156,7 @@ def test_nnk_folding_and_crop_convention_match_reference_pipeline():
     # changes the output at O(0.1); float32 rounding of the folded model is ~1e-6.
     arrays = _random_nnk_arrays(0)
     model = NNKBarrier.from_arrays(arrays)
-    for seed, num_cells in ((1, 8), (2, 5)):  # 5 cells: the crop wraps the box
+    for seed, num_cells in ((1, 8), (2, 4)):  # 4 cells (8 voxels): the 9-voxel crop wraps
         state = _random_state(jr.key(seed), num_cells, num_vacancies=2)
         grid = np.asarray(state_to_voxels(state)).astype(np.int64)
         vacancy = np.asarray(state.vacancies[0])
@@ -434,3 +442,81 @@ def test_sro_per_tile_is_sro_of_each_periodic_tile():
         np.testing.assert_allclose(tiles[index], expected, atol=1e-6)
     with pytest.raises(ValueError, match="divide"):
         observables.short_range_order_per_tile(occupancy, 3)
+
+
+# ------------------------------------------------------------------------------ scaling up
+def test_bcc_tiling_round_trip_order_and_groups():
+    occupancy = _random_state(jr.key(0), 4, num_vacancies=2).occupancy
+    tiling = BCCTiling3D(2)
+    assert tiling.check(occupancy.shape) == 8
+    per_tile = observables.short_range_order_per_tile(occupancy, 2)
+    rebuilt = jnp.zeros_like(occupancy)
+    for index in range(8):
+        tile = tiling.extract(occupancy, index)
+        np.testing.assert_allclose(observables.short_range_order(tile), per_tile[index], atol=0)
+        rebuilt = tiling.insert(rebuilt, index, tile)
+    np.testing.assert_array_equal(rebuilt, occupancy)
+    windows = BCCTiling3D(2, stride=1)
+    groups = windows.groups(occupancy.shape)
+    assert len(groups) == 8 and sorted(np.concatenate(groups)) == list(range(64))
+    for group in groups:  # the windows of a group are disjoint and cover the box
+        patches = jax.vmap(lambda i: windows.extract(occupancy, i))(jnp.asarray(group))
+        np.testing.assert_array_equal(
+            windows.insert_many(jnp.zeros_like(occupancy), group, patches), occupancy
+        )
+    with pytest.raises(ValueError, match="do not tile"):
+        BCCTiling3D(3).check(occupancy.shape)
+
+
+def _counts(occupancy):
+    return np.bincount(np.asarray(occupancy).ravel(), minlength=4)
+
+
+def test_restore_composition_relabels_the_fewest_atoms_exactly():
+    occupancy = bcc.random_occupancy(jr.key(1), 4, 3, composition=(1.0, 2.0, 4.0))
+    restored = jax.jit(restore_composition)(jr.key(2), occupancy)
+    target = bcc.species_counts(occupancy.size, 3, (1.0, 1.0, 1.0))
+    np.testing.assert_array_equal(_counts(restored), target)
+    before = np.asarray(occupancy)
+    np.testing.assert_array_equal(np.asarray(restored) == 0, before == 0)  # vacancies stay
+    changed = np.sum(np.asarray(restored) != before)
+    assert changed == np.maximum(_counts(occupancy) - target, 0).sum()  # no extra relabelling
+
+
+def test_tile_upsample_one_centred_vacancy_per_tile_and_exact_composition():
+    frames = jax.vmap(lambda k: bcc.random_occupancy(k, 4, 1, (1.0, 1.5, 1.0)))(
+        jr.split(jr.key(3), 5)
+    )
+    state = jax.jit(tile_upsample, static_argnums=2)(jr.key(4), frames, 2)
+    VacancyKMC(KRABarrier.nbmota(), 1000.0).check_states(state)  # listed = the code-0 sites
+    # 1,016 atoms: 339, 339, 338 (the frames were Mo-rich: relabelling had work to do).
+    np.testing.assert_array_equal(_counts(state.occupancy), [8, 339, 339, 338])
+    np.testing.assert_array_equal(state.vacancies, tile_centres(8, 4))
+    per_tile = np.asarray(jax.vmap(lambda t: jnp.sum(t == 0))(
+        jax.vmap(lambda i: BCCTiling3D(4).extract(state.occupancy, i))(jnp.arange(8))
+    ))  # fmt: skip
+    np.testing.assert_array_equal(per_tile, 1)
+    with pytest.raises(ValueError, match="exactly one vacancy"):
+        recentre_vacancies(bcc.random_occupancy(jr.key(0), 4, 2), 2)
+
+
+def test_vacancy_window_partial_evolution_equals_full_evolution_when_k_is_1():
+    """With one vacancy and a window the size of the box, the window is the whole crystal
+    translated: its partial evolution must be the full evolution with the same keys."""
+    kmc = VacancyKMC(_random_kra(jr.key(8)), 2000.0, waiting_time="mean")
+    state = kmc.init_state(jr.key(9), (4, 4, 4))
+    key = jr.key(10)
+    before, after, dt, which = jax.jit(
+        lambda s, k: evolve_vacancy_window(kmc, s, k, window_cells=4, num_events=30)
+    )(state, key)
+    assert int(which) == 0
+    origin = state.vacancies[0] - 4
+    np.testing.assert_array_equal(before, bcc.window(state.occupancy, origin, 4))
+    assert int(bcc.gather_sites(before, jnp.full(3, 4, jnp.int32))) == bcc.VACANCY
+    full, full_dt = kmc.advance_events(state, jr.split(key)[1], 30)
+    np.testing.assert_array_equal(after, bcc.window(full.occupancy, origin, 4))
+    np.testing.assert_allclose(dt, full_dt, rtol=1e-6)  # same rates, same order of sums
+    np.testing.assert_array_equal(_counts(after), _counts(before))
+    assert np.sum(np.asarray(after) != np.asarray(before)) > 0
+    back = bcc.insert_window(state.occupancy, origin, after)
+    np.testing.assert_array_equal(back, full.occupancy)

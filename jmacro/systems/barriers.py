@@ -178,6 +178,7 @@ class NNKBarrier(AbstractBarrierModel):
             hidden = jax.nn.relu(hidden)
         return hidden @ self.out_weight + self.out_bias
 
+    @eqx.filter_jit
     def barriers(
         self, occupancy: Shaped[Array, "L L L 2"], vacancy: Int[Array, "3"]
     ) -> Float[Array, "8"]:
@@ -199,6 +200,7 @@ _KRA_REACH = np.concatenate(
 )
 
 
+@jax.jit
 def pair_matrix(values) -> Float[Array, "4 4"]:
     """The symmetric (4, 4) interaction matrix of the 6 pair values (``PAIR_NAMES`` order),
     with zero vacancy row and column."""
@@ -271,12 +273,14 @@ class KRABarrier(AbstractBarrierModel):
         loss = loss + jnp.sum(jnp.take_along_axis(row2, around_a2.astype(jnp.int32), 1), axis=1)
         return gain - loss
 
+    @eqx.filter_jit
     def barriers(
         self, occupancy: Shaped[Array, "L L L 2"], vacancy: Int[Array, "3"]
     ) -> Float[Array, "8"]:
         species = bcc.gather_sites(occupancy, jnp.asarray(vacancy, jnp.int32) + bcc.FIRST_SHELL)
         return self.e0[species] + 0.5 * self.delta_energy(occupancy, vacancy)
 
+    @eqx.filter_jit
     def lattice_energy(self, occupancy: Shaped[Array, "L L L 2"]) -> Float[Array, ""]:
         """E (eV) of a whole periodic occupancy, from its bond counts (``bcc.bond_counts``)."""
         return jnp.sum(bcc.bond_counts(occupancy, 1) * self.v1) + jnp.sum(
