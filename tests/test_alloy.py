@@ -340,6 +340,15 @@ def test_advance_by_time_is_the_event_path_cut_at_t():
     np.testing.assert_array_equal(kmc.advance(state, key, (t4 + t5) / 2).occupancy, s4.occupancy)
     np.testing.assert_array_equal(kmc.advance(state, key, t5).occupancy, s5.occupancy)
     np.testing.assert_array_equal(kmc.advance(state, key, 0.0).occupancy, state.occupancy)
+    # Saved paths: frame f continues frame f - 1 with the f-th split key.
+    frames, times = kmc.event_trajectory(state, key, 2, 3)
+    first, t_first = kmc.advance_events(state, jr.split(key, 2)[0], 3)
+    np.testing.assert_array_equal(frames.occupancy[1], first.occupancy)
+    np.testing.assert_allclose(times[:2], [0.0, t_first], rtol=1e-6)
+    path = kmc.trajectory(state, key, 4, float(t5), save_every=2)
+    assert path.occupancy.shape == (3, 2, 2, 2, 2) and path.vacancies.shape == (3, 2, 3)
+    np.testing.assert_array_equal(path.occupancy[0], state.occupancy)
+    kmc.check_states(path, batched=True)
 
 
 def test_vmap_over_temperatures_and_replicas():

@@ -321,11 +321,15 @@ class VacancyKMC(AbstractSystem):
         ``jr.split(key, num_steps)[t]``); saved states stacked on a leading axis of
         ``num_steps // save_every + 1``, row 0 the initial state."""
         num_steps, save_every = check_save_grid(num_steps, save_every)
-        keys = jr.split(key, num_steps).reshape(num_steps // save_every, save_every)
+        keys = jr.split(key, num_steps)
+        keys = keys.reshape((num_steps // save_every, save_every, *keys.shape[1:]))
+
+        def step(state, k):
+            return self.advance(state, k, step_duration), None
 
         def saved(state, ks):
-            state = jax.lax.scan(lambda s, k: (self.advance(s, k, step_duration), None), state, ks)
-            return state[0], state[0]
+            state = jax.lax.scan(step, state, ks)[0]
+            return state, state
 
         _, path = jax.lax.scan(saved, state, keys)
         return jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), state, path)
