@@ -18,9 +18,11 @@ from jmacro.models.closure import (
     make_spin_autoencoder,
     spin_binary_cross_entropy,
 )
+from jmacro.models.onsager import OnsagerDrift, make_onsager_drift
 from jmacro.models.registry import MODEL_BUILDERS, build_model, model_hyperparams
 from jmacro.models.sde import (
     DIFFUSION_MODES,
+    DRIFT_MODES,
     AbstractDiffusion,
     ConstantDiagonalDiffusion,
     ConstantDiffusion,
@@ -34,6 +36,7 @@ from jmacro.models.sde import (
 
 __all__ = [
     "DIFFUSION_MODES",
+    "DRIFT_MODES",
     "KNOWN_OBSERVABLES",
     "MODEL_BUILDERS",
     "AbstractDiffusion",
@@ -48,6 +51,7 @@ __all__ = [
     "KnownObservables",
     "LatentNormaliser",
     "LatentSDE",
+    "OnsagerDrift",
     "SpinDecoder",
     "SpinPatchCNN",
     "build_model",
@@ -59,6 +63,7 @@ __all__ = [
     "make_diffusion",
     "make_field_autoencoder",
     "make_latent_sde",
+    "make_onsager_drift",
     "make_spin_autoencoder",
     "model_hyperparams",
     "spin_binary_cross_entropy",

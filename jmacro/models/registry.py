@@ -4,10 +4,12 @@ A model's hyperparameters are ``{"kind": <builder name>, **builder kwargs}``, ev
 JSON-friendly; ``build_model`` calls the builder to get a skeleton of the right structure,
 which ``eqx.tree_deserialise_leaves`` then fills with the saved weights.
 
-``"latent_sde"`` takes ``latent_dim``, ``diffusion_mode``, ``width_size``, ``depth`` and
+``"latent_sde"`` takes ``latent_dim``, ``diffusion_mode``, ``width_size``, ``depth``,
 ``condition_dim`` (the length k of the condition vector c the networks see with u, e.g. 1 for a
-temperature; default 0, no condition). Hyperparameters written before ``condition_dim`` existed
-lack it and rebuild, through that default, the unconditioned model they were saved from.
+temperature; default 0, no condition), ``drift_mode`` (``"mlp"``, default, or ``"onsager"``)
+and ``drift_options`` (the Onsager drift's ``embedding_dim``, ``alpha``, ``beta``).
+Hyperparameters written before ``condition_dim`` existed lack it and rebuild, through that
+default, the unconditioned model they were saved from.
 
 Formats: when a builder's hyperparameters change meaning, its entry in ``FORMATS`` is bumped;
 ``model_hyperparams`` stamps the current format as ``"format"`` (kinds at format 1 are not

@@ -55,8 +55,10 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from jmacro._checks import check_positive_int
 from jmacro.models.base import AbstractNonTrainable
+from jmacro.models.onsager import ONSAGER_DEFAULTS, make_onsager_drift
 
 DIFFUSION_MODES = ("full", "diagonal", "constant_diagonal", "constant")
+DRIFT_MODES = ("mlp", "onsager")
 NORMALISATION_METHODS = ("standard", "minmax")
 
 
@@ -398,10 +400,17 @@ def make_latent_sde(
     width_size: int = 64,
     depth: int = 3,
     condition_dim: int = 0,
+    drift_mode: str = "mlp",
+    drift_options: dict | None = None,
 ) -> LatentSDE:
     """Reference architecture: drift MLP (d+k)-64-64-64-d (ReLU) and the chosen diffusion,
     k = ``condition_dim`` (0: no condition; the networks, and their initialisation from
     ``key``, are then exactly those of the unconditioned model).
+
+    ``drift_mode="onsager"`` replaces the drift MLP by a stochastic OnsagerNet
+    (``jmacro.models.onsager.OnsagerDrift``: (M + W) g + alpha g + f, g = -grad V, the
+    condition embedded by its own MLP), with ``drift_options`` among ``embedding_dim``,
+    ``alpha``, ``beta`` (defaults ``ONSAGER_DEFAULTS``); the diffusion is unchanged.
 
     The normaliser starts as the identity; set data statistics with ``with_normaliser``.
     All arguments but ``key`` are JSON-friendly (they are the checkpoint's hyperparameters:
@@ -414,9 +423,24 @@ def make_latent_sde(
         raise ValueError(
             f"unknown diffusion mode {diffusion_mode!r}; use one of {DIFFUSION_MODES}."
         )
+    if drift_mode not in DRIFT_MODES:
+        raise ValueError(f"unknown drift mode {drift_mode!r}; use one of {DRIFT_MODES}.")
+    options = dict(drift_options or {})
+    if drift_mode == "mlp" and options:
+        raise ValueError(f"drift_options {sorted(options)} are for drift_mode='onsager' only.")
+    if set(options) - set(ONSAGER_DEFAULTS):
+        raise ValueError(
+            f"unknown drift_options {sorted(set(options) - set(ONSAGER_DEFAULTS))}; the "
+            f"Onsager drift takes {sorted(ONSAGER_DEFAULTS)}."
+        )
     key_drift, key_diffusion = jr.split(key)
+    if drift_mode == "onsager":
+        options = {**ONSAGER_DEFAULTS, **options}
+        drift_net = make_onsager_drift(key_drift, d, k, width_size, depth, **options)
+    else:
+        drift_net = _mlp(d + k, d, width_size, depth, key_drift)
     return LatentSDE(
-        drift_net=_mlp(d + k, d, width_size, depth, key_drift),
+        drift_net=drift_net,
         diffusion_net=make_diffusion(diffusion_mode, d, key_diffusion, width_size, depth, k),
         normaliser=LatentNormaliser.identity(d),
         condition_dim=k,
