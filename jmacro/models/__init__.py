@@ -1,5 +1,7 @@
-"""Learned models: the patch-additive closure autoencoder and the latent SDE."""
+"""Learned models: the patch-additive closure autoencoder (or, for the alloy, the closed SRO
+encoder) and the latent SDE (MLP or stochastic OnsagerNet drift)."""
 
+from jmacro.models.alloy import SRO_COORDINATES, SRO_NAMES, SROEncoder, make_sro_encoder
 from jmacro.models.base import AbstractNonTrainable
 from jmacro.models.closure import (
     KNOWN_OBSERVABLES,
@@ -39,6 +41,8 @@ __all__ = [
     "DRIFT_MODES",
     "KNOWN_OBSERVABLES",
     "MODEL_BUILDERS",
+    "SRO_COORDINATES",
+    "SRO_NAMES",
     "AbstractDiffusion",
     "AbstractNonTrainable",
     "ClosureAutoencoder",
@@ -52,6 +56,7 @@ __all__ = [
     "LatentNormaliser",
     "LatentSDE",
     "OnsagerDrift",
+    "SROEncoder",
     "SpinDecoder",
     "SpinPatchCNN",
     "build_model",
@@ -65,6 +70,7 @@ __all__ = [
     "make_latent_sde",
     "make_onsager_drift",
     "make_spin_autoencoder",
+    "make_sro_encoder",
     "model_hyperparams",
     "spin_binary_cross_entropy",
 ]

@@ -8,6 +8,8 @@ which ``eqx.tree_deserialise_leaves`` then fills with the saved weights.
 ``condition_dim`` (the length k of the condition vector c the networks see with u, e.g. 1 for a
 temperature; default 0, no condition), ``drift_mode`` (``"mlp"``, default, or ``"onsager"``)
 and ``drift_options`` (the Onsager drift's ``embedding_dim``, ``alpha``, ``beta``).
+``"sro_encoder"`` (the alloy's closed SRO latent, nothing to train) takes ``num_cells``,
+``tile_cells`` and ``coordinates``.
 Hyperparameters written before ``condition_dim`` existed lack it and rebuild, through that
 default, the unconditioned model they were saved from.
 
@@ -29,6 +31,7 @@ import equinox as eqx
 import jax.random as jr
 from jaxtyping import PRNGKeyArray
 
+from jmacro.models.alloy import make_sro_encoder
 from jmacro.models.closure import make_field_autoencoder, make_spin_autoencoder
 from jmacro.models.sde import make_latent_sde
 
@@ -36,6 +39,7 @@ MODEL_BUILDERS: dict[str, Callable[..., eqx.Module]] = {
     "latent_sde": make_latent_sde,
     "spin_autoencoder": make_spin_autoencoder,
     "field_autoencoder": make_field_autoencoder,
+    "sro_encoder": make_sro_encoder,
 }
 
 

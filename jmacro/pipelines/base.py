@@ -376,7 +376,8 @@ class AbstractExperiment(abc.ABC):
         or on their own ``validation_times (R, S+1)``. Optional: ``reference_test (C, R, S'+1,
         *state)`` with ``reference_times`` (event-stepped runs for the reference's protocol);
         for a conditioned experiment ``test_condition (C, k)`` (passed to the rollouts as
-        Diffrax ``args``) and ``validation_condition (R, k)``."""
+        Diffrax ``args``) and ``validation_condition (R, k)``; ``test_times (C, T+1)`` when
+        each condition has its own output grid (the rollouts then use it)."""
 
     @abc.abstractmethod
     def conditions(self) -> list[str]:
@@ -394,6 +395,16 @@ class AbstractExperiment(abc.ABC):
     def score(self, predicted, truth) -> np.ndarray:
         """Score of one test condition from normalised latents ``(R, T+1, d)``: a scalar or
         an array over time; its mean is the reported number (lower is better)."""
+
+    def sde_hyperparams(self, scale: Scale) -> dict:
+        """Extra ``make_latent_sde`` arguments of this experiment's SDEs (e.g. ``drift_mode``);
+        default none: the reference's MLP drift."""
+        return {}
+
+    def report_sections(self, run_dir: Path, metrics: dict, replicates: dict) -> list[str]:
+        """Experiment-specific markdown lines (and plots written to ``run_dir``) appended to
+        ``report.md``; ``replicates[seed][scale]`` are the evaluation datasets. Default none."""
+        return []
 
     def exact_dynamics(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """The exact large-system drift ``(n, d)`` and diagonal covariance rate ``(n, d)`` of

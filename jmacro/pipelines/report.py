@@ -119,9 +119,10 @@ def plot_score_vs_group(path: Path, experiment, metrics: dict, scale) -> None:
     _save(fig, path, plt)
 
 
-def plot_mmd_over_time(path: Path, experiment, metrics: dict, times, scale) -> None:
+def plot_mmd_over_time(path: Path, experiment, metrics: dict, times, scale, xlabel=None) -> None:
     """Squared MMD between predicted and true ensembles vs time (normalised latents; mean
-    over conditions, seeds and the group's model seeds), one line per group."""
+    over conditions, seeds and the group's model seeds), one line per group; x axis label
+    ``xlabel`` (default the experiment's time unit)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.6))
     groups: dict[str, list] = {}
@@ -129,7 +130,7 @@ def plot_mmd_over_time(path: Path, experiment, metrics: dict, times, scale) -> N
         groups.setdefault(result["group"], []).append(result["mmd_over_time"])
     for i, (group, curves) in enumerate(groups.items()):
         ax.plot(times, np.mean(curves, axis=0), color=f"C{i}", lw=1, label=group)
-    ax.set(xlabel=experiment.time_unit, ylabel="squared MMD (normalised latents)")
+    ax.set(xlabel=xlabel or experiment.time_unit, ylabel="squared MMD (normalised latents)")
     ax.set_title(f"{experiment.name}, {scale.name}: spread over time", fontsize=9)
     ax.legend(fontsize=7)
     _save(fig, path, plt)
@@ -176,9 +177,9 @@ def plot_trajectories(path: Path, experiment, evaluation, variants) -> list[str]
     plt = _pyplot()
     from matplotlib.lines import Line2D
 
-    times = np.asarray(evaluation["times"])
     truth = np.asarray(evaluation["truth"])  # (C, R, T+1, d)
     num_conditions, d = truth.shape[0], truth.shape[-1]
+    grids = np.broadcast_to(evaluation["times"], truth.shape[0:1] + truth.shape[2:3])
     names = list(experiment.latent_names) + [f"latent {k}" for k in range(d)]
     conditions = experiment.conditions()
     preds = [np.asarray(evaluation[f"pred_{v.name}"], np.float64) for v in variants]
@@ -196,6 +197,7 @@ def plot_trajectories(path: Path, experiment, evaluation, variants) -> list[str]
             ylim, off = _robust_range(t_mean - t_std, t_mean + t_std, [m.ravel() for m in p_mean])
             for c in range(num_conditions):
                 colour = colours[c]
+                times = grids[c]
                 ax.plot(times, t_mean[c], "-", color=colour, lw=1.2)
                 ax.fill_between(
                     times, t_mean[c] - t_std[c], t_mean[c] + t_std[c], color=colour, alpha=0.15
@@ -414,6 +416,7 @@ def write_report(run_dir: Path, experiment, metrics: dict, replicates: dict) -> 
             lines += [f"![reference protocol]({name})", ""]
     for scale in scales:
         lines += _scale_section(run_dir, experiment, metrics, first[scale.name], scale)
+    lines += experiment.report_sections(run_dir, metrics, replicates)
     (run_dir / "report.md").write_text("\n".join(lines))
 
 
@@ -439,7 +442,10 @@ def _scale_section(run_dir, experiment, metrics, evaluation, scale) -> list[str]
         plot_oracle(run_dir / name, experiment, evaluation, firsts)
         lines += [f"![learned vs exact dynamics]({name})", ""]
     name = f"mmd_over_time_{scale.name}.png"
-    plot_mmd_over_time(run_dir / name, experiment, metrics, np.asarray(evaluation["times"]), scale)
+    times, xlabel = np.asarray(evaluation["times"]), None
+    if times.ndim == 2:  # one grid per condition: plot against the fraction of each horizon
+        times, xlabel = np.linspace(0.0, 1.0, times.shape[1]), "time / the condition's horizon"
+    plot_mmd_over_time(run_dir / name, experiment, metrics, times, scale, xlabel)
     lines += [f"![MMD over time]({name})", ""]
     best = min(summary, key=lambda g: np.nan_to_num(_value(summary[g]["mean"]), nan=np.inf))
     groups = list(dict.fromkeys(v.group for v in variants))

@@ -443,6 +443,7 @@ def _run_scale(graph: _Graph, system, scale: Scale, truth: StageRecord, progress
         latent_dim=ae.latent_dim,
         diffusion_mode=exp.sde.diffusion,
         **({} if condition is None else {"condition_dim": condition.shape[1]}),
+        **exp.sde_hyperparams(scale),
     )
     sdes = {}
     for variant in exp.sde_variants(scale):
@@ -470,6 +471,8 @@ def _evaluate(graph, scale, ae_stage, ae, truth, sdes, validation_fn, pair_dt) -
 
     - ``times``, ``truth (C, R, T+1, d)``, ``pred_<variant>``: jmacro's protocol, the fixed
       time grid of the test runs, ``evaluation.rollout_substeps`` Euler steps per interval;
+      ``times`` is ``(T+1,)``, or ``(C, T+1)`` when the truth has one grid per condition
+      (``test_times``, e.g. one per temperature of a thermally activated process);
     - if the truth has event-stepped ``reference_test`` runs: ``ref_times`` (the grid
       k * mean step, k < S), ``ref_truth`` (each run's latents interpolated onto it) and
       ``ref_pred_<variant>`` (``reference_substeps`` Euler steps per interval): the
@@ -489,8 +492,11 @@ def _evaluate(graph, scale, ae_stage, ae, truth, sdes, validation_fn, pair_dt) -
         writer.add("norm_scale", np.asarray(normaliser.scale))
         test = truth.dataset["test"]  # (C, R, T+1, *state)
         z_true = _encode_runs(ae, test)
-        times = np.arange(test.shape[2], dtype=np.float32) * exp.truth.save_every
-        times *= exp.step_duration
+        if "test_times" in truth.dataset:  # one grid per condition (C, T+1)
+            times = np.asarray(truth.dataset["test_times"], np.float32)
+        else:
+            times = np.arange(test.shape[2], dtype=np.float32) * exp.truth.save_every
+            times *= exp.step_duration
         writer.add("times", times)
         writer.add("truth", z_true)
         reference = _reference_truth(ae, truth.dataset)
@@ -519,7 +525,7 @@ def _evaluate(graph, scale, ae_stage, ae, truth, sdes, validation_fn, pair_dt) -
                         rollout(
                             sde,
                             z0[c],
-                            grid,
+                            grid[c] if grid.ndim == 2 else grid,
                             jr.fold_in(key, offset + c),
                             num_substeps=substeps,
                             condition=None if conditions is None else conditions[c],

@@ -95,7 +95,13 @@ def partial_evolution_pair(
     method: str = "ours",
 ) -> tuple[Float[Array, " d"], Float[Array, " d"]]:
     """(z_t, z~_{t+dt}), each ``(latent_dim,)``, for ONE ``snapshot`` whose patch
-    ``patch_index`` became ``evolved_patch`` (see the module doc for the methods)."""
+    ``patch_index`` became ``evolved_patch`` (see the module doc for the methods).
+
+    An encoder with its own ``partial_pair(snapshot, index, evolved, method)`` builds the pair
+    itself (the alloy's ``SROEncoder``, whose patch is a vacancy-centred window)."""
+    own = getattr(autoencoder, "partial_pair", None)
+    if own is not None:
+        return own(snapshot, patch_index, evolved_patch, method)
     if method == "patch":
         old = lattice.extract_patch(snapshot, patch_index, autoencoder.patch_shape)
         return autoencoder.encode_patch(old), autoencoder.encode_patch(evolved_patch)
