@@ -12,8 +12,9 @@ carry jmacro's numbers only and say so.
 
 Cases (flips are actual spin flips, the reference's unit; a step is n flips):
 - one 64x64 lattice, ``advance_events`` steps (4096 flips each), Ising and Curie-Weiss;
-- 2000 patches of 16x16, one 256-flip step each (``jax.vmap`` of ``advance_events``; the
-  baseline runs the patches one after another);
+- 2000 patches of 16x16, one 256-flip step each (``jax.vmap`` of ``advance_events``, which
+  runs the batch as vector lanes, sharded over the host's devices, one per core by default;
+  also on one device; the baseline runs the patches one after another on one core);
 - checkerboard heat-bath sweeps of a 512x512 lattice, spin updates per ns, beside the RNG
   floor: the rate at which ``jax.random.bits`` and jmacro's unrolled Threefry
   (``jmacro.systems._bits``) generate one 32-bit word per update, and the rate of the words
@@ -34,6 +35,7 @@ import jax.random as jr
 import numpy as np
 import reference_glauber as ref
 
+from jmacro.sharding import sharded_vmap
 from jmacro.systems import CurieWeiss, GlauberIsing
 
 try:
@@ -126,7 +128,11 @@ def events_cases(name, model, repeats):
     patches = jax.vmap(lambda k: model.advance_events(model.init_state(k, (16, 16)), k, 2560)[0])(
         keys
     )
-    batched = jax.jit(jax.vmap(lambda s, k: model.advance_events(s, k)[0]))
+    one_step = jax.vmap(lambda s, k: model.advance_events(s, k)[0])
+    # Sharded over every host device (one per core by default, ``jmacro._devices``), and on
+    # one device for the per-core figure.
+    batched = sharded_vmap(lambda s, k: model.advance_events(s, k)[0])
+    one_device = jax.jit(one_step)
     flat_patches = np.asarray(patches[:200]).reshape(200, -1).copy()
     baseline_patches = None
     if ref.available():
@@ -141,7 +147,19 @@ def events_cases(name, model, repeats):
                 return ref.curie_weiss_patches(flat_patches, beta, 1.0, FIELD, 256)
 
     t_j, t_b = side_by_side(lambda: batched(patches, keys), baseline_patches, repeats)
-    emit(f"{name}_events_2000_patches_16x16", "flips/s", 2000 * 256, t_j, 200 * 256, t_b)
+    t_one, _ = side_by_side(lambda: one_device(patches, keys), None, repeats)
+    per_device = 2000 * 256 / np.median(t_one)
+    emit(
+        f"{name}_events_2000_patches_16x16",
+        "flips/s",
+        2000 * 256,
+        t_j,
+        200 * 256,
+        t_b,
+        devices=jax.device_count(),
+        jmacro_one_device=float(per_device),
+        ratio_one_device=None if t_b is None else float(per_device / np.median(200 * 256 / t_b)),
+    )
 
 
 def checkerboard_case(repeats):

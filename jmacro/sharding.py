@@ -216,9 +216,25 @@ def sharded_vmap(
     mesh = batch_mesh() if mesh is None else mesh
     batched = NamedSharding(mesh, PartitionSpec(BATCH_AXIS))
     num_devices = mesh.shape[BATCH_AXIS]
-    # Built once, so that the jit cache is reused across calls.
     vmap_axes = tuple(in_axes) if isinstance(in_axes, Sequence) else in_axes
-    mapped = jax.jit(jax.vmap(fn, in_axes=vmap_axes), out_shardings=batched)
+    compiled = {}
+
+    def mapped(axes, *placed):
+        # Built once per argument pattern, so that the jit cache is reused across calls.
+        # ``shard_map``: each device runs the vmapped function on its own slice, with no
+        # collective (a batched while-loop, e.g. a simulator's, runs to its own slice's end
+        # instead of all devices agreeing on every iteration).
+        if axes not in compiled:
+            specs = tuple(PartitionSpec(BATCH_AXIS) if a == 0 else PartitionSpec() for a in axes)
+            per_device = jax.shard_map(
+                jax.vmap(fn, in_axes=vmap_axes),
+                mesh=mesh,
+                in_specs=specs,
+                out_specs=PartitionSpec(BATCH_AXIS),
+                check_vma=False,
+            )
+            compiled[axes] = jax.jit(per_device, out_shardings=batched)
+        return compiled[axes](*placed)
 
     @functools.wraps(fn)
     def call(*args: Any) -> Any:
@@ -231,7 +247,7 @@ def sharded_vmap(
                 placed.append(shard_batch(pad_batch(arg, num_devices)[0], mesh))
             else:
                 placed.append(replicate(arg, mesh))
-        out = mapped(*placed)
+        out = mapped(axes, *placed)
         if size % num_devices:
             out = jax.tree.map(lambda x: x[:size], out)
         return out

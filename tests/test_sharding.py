@@ -39,7 +39,7 @@ def _batch(batch: int, side: int = 8, seed: int = 0):
     return spins, jr.split(jr.key(seed), batch)
 
 
-# ------------------------------------------------------------------------------ one device
+# ------------------------------------------- this process's devices (one per core by default)
 def test_batch_mesh_spans_the_local_devices():
     mesh = batch_mesh()
     assert mesh.axis_names == (BATCH_AXIS,)
@@ -58,6 +58,11 @@ def test_sharded_vmap_equals_vmap_on_one_device():
         np.testing.assert_array_equal(got, want)
     assert np.any(np.asarray(result[0]) != spins)  # it did something
     assert isinstance(result[0].sharding, NamedSharding)
+    # An even batch stays split over the devices (jmacro gives one CPU device per core); an
+    # uneven one is padded and sliced back, which leaves it unevenly placed.
+    even = jax.device_count() * 2
+    spins, keys = _batch(even)
+    result = sharded_vmap(flip_some, in_axes=(0, 0, None))(spins, keys, probability)
     assert result[0].sharding.spec == PartitionSpec(BATCH_AXIS)
 
 
@@ -76,8 +81,8 @@ def test_pad_batch_repeats_the_last_element():
         pad_batch(np.zeros((0, 3)), 4)
 
 
-def test_shard_batch_on_one_device_places_every_leaf():
-    spins, keys = _batch(3)
+def test_shard_batch_places_every_leaf():
+    spins, keys = _batch(3 * jax.device_count())
     placed = shard_batch({"spins": spins, "keys": keys})
     for leaf in jax.tree.leaves(placed):
         assert leaf.sharding.spec == PartitionSpec(BATCH_AXIS)
@@ -242,3 +247,42 @@ def test_sharded_over_two_processes_equals_unsharded():
         for size in ("8", "6"):
             assert report[size]["equal"] and report[size]["changed"], (size, report)
         assert report["8"]["local_shards"] == 2  # each process holds its 2 devices' shards
+
+
+# ------------------------------------------------------------------- default CPU devices
+DEVICES_CHILD = (
+    "import os, jmacro, jax, jmacro._devices as d; "
+    "print(jax.device_count(), d.available_cores(), os.environ.get('XLA_FLAGS', ''))"
+)
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, "cores"),  # one CPU device per available core
+        ({"JMACRO_CPU_DEVICES": "1"}, 1),
+        ({"JMACRO_CPU_DEVICES": "3"}, 3),
+        ({"XLA_FLAGS": "--xla_force_host_platform_device_count=5"}, 5),  # the user's wins
+    ],
+)
+def test_importing_jmacro_gives_one_cpu_device_per_core(env, expected):
+    base = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JMACRO_CPU_DEVICES")}
+    proc = subprocess.run(
+        [sys.executable, "-c", DEVICES_CHILD],
+        env={**base, "JAX_PLATFORMS": "cpu", **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    count, cores, _ = proc.stdout.split(" ", 2)
+    assert int(count) == (int(cores) if expected == "cores" else expected)
+
+
+def test_a_bad_device_count_is_refused(monkeypatch):
+    from jmacro import _devices
+
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    monkeypatch.setenv("JMACRO_CPU_DEVICES", "two")
+    with pytest.raises(ValueError, match="JMACRO_CPU_DEVICES must be a positive integer"):
+        _devices.configure_host_devices()

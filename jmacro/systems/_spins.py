@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
+from jax.custom_batching import custom_vmap
 from jaxtyping import Array, Float, Int8, PRNGKeyArray, Shaped
 
 from jmacro._checks import (
@@ -237,12 +238,18 @@ class AbstractHeatBathSpins(AbstractSystem):
             check_spins(boundary.values, "halo")
         return spins.astype(jnp.int8)
 
-    def _sequential(self, spins, key, boundary, **stop):
-        carry, attempt, finish = self._process(spins, boundary)
-        carry, num_flips, num_attempts = _uniformized.run_attempts(
-            carry, key, spins.size, attempt, **stop
-        )
-        return finish(carry), num_flips, num_attempts
+    @abc.abstractmethod
+    def _lane_process(self, spins: Int8[Array, "B H W"], boundary: AbstractBoundary):
+        """The process of B systems at once for ``_uniformized.run_attempts_lanes``
+        (``self``'s fields and ``boundary`` batched along a leading axis of size B), or None
+        where the subclass has no lane kernel for this shape (``jax.vmap`` of ``_process``
+        is used then). Must consume the same words as ``_process``: equal bit for bit."""
+
+    def _sequential(self, spins, key, boundary, *, max_events=None, max_attempts=None):
+        limit = jnp.iinfo(jnp.int32).max
+        max_events = jnp.asarray(limit if max_events is None else max_events, jnp.int32)
+        max_attempts = jnp.asarray(limit if max_attempts is None else max_attempts, jnp.int32)
+        return _run_sequential(self, spins, boundary, key, max_events, max_attempts)
 
     def _run_events(self, spins, key, num_events, boundary):
         def run(key, **stop):
@@ -255,3 +262,39 @@ class AbstractHeatBathSpins(AbstractSystem):
         key_count, key_run = jr.split(key)
         attempts = _uniformized.num_ticks(key_count, duration, spins.size)
         return self._sequential(spins, key_run, boundary, max_attempts=attempts)[0]
+
+
+def _run_one(system, spins, boundary, key, max_events, max_attempts):
+    carry, attempt, finish = system._process(spins, boundary)
+    carry, num_flips, num_attempts = _uniformized.run_attempts(
+        carry, key, spins.size, attempt, max_events=max_events, max_attempts=max_attempts
+    )
+    return finish(carry), num_flips, num_attempts
+
+
+# One system per call; under ``jax.vmap`` the batch runs as vector lanes (same bits).
+_run_sequential = custom_vmap(_run_one)
+
+
+@_run_sequential.def_vmap
+def _run_lanes(axis_size, in_batched, *args):
+    def broadcast(x, batched):
+        return x if batched else jnp.broadcast_to(x, (axis_size, *jnp.shape(x)))
+
+    args = jax.tree.map(broadcast, args, tuple(in_batched))
+    system, spins, boundary, key, max_events, max_attempts = args
+    lanes = system._lane_process(spins, boundary)
+    if lanes is None:
+        return jax.vmap(_run_one)(*args), (True, True, True)
+    carry, prepare, attempt, finish = lanes
+    keys = jax.random.key_data(key).T
+    carry, num_flips, num_attempts = _uniformized.run_attempts_lanes(
+        carry,
+        keys,
+        spins[0].size,
+        prepare,
+        attempt,
+        max_events=max_events,
+        max_attempts=max_attempts,
+    )
+    return (finish(carry), num_flips, num_attempts), (True, True, True)

@@ -213,3 +213,130 @@ def advance_events(
     state, num_flips, num_attempts = run(key_run, max_events=num_events, max_attempts=max_attempts)
     dt = elapsed_time(key_time, num_attempts, num_sites)
     return state, jnp.where(num_flips < num_events, jnp.inf, dt)
+
+
+# ---------------------------------------------------------------------------- batched lanes
+# Lanes of the batched kernel: enough to fill the vector units and amortise each attempt's
+# fixed cost, few enough that refilling at block ends keeps them busy.
+_LANES = 512
+
+
+def run_attempts_lanes(
+    carry: Any,
+    keys: UInt32[Array, "2 B"],
+    num_sites: int,
+    prepare: Callable[[Int[Array, "A L"]], Any],
+    attempt_fn: Callable[[Any, Any, UInt32[Array, " L"], jax.Array], tuple[jax.Array, Any]],
+    *,
+    max_events: Int[Array, " B"],
+    max_attempts: Int[Array, " B"],
+    num_lanes: int | None = None,
+) -> tuple[Any, Int[Array, " B"], Int[Array, " B"]]:
+    """``run_attempts`` for B independent systems on L <= B vector lanes.
+
+    Each lane runs one system at a time, block by block; at the end of a block, a lane whose
+    system has stopped writes it back and takes the next system not yet started (so lanes do
+    not idle until the slowest system of the batch stops). System b consumes exactly the
+    random words, in the same order, that ``run_attempts`` consumes for it alone (word j of
+    block a of its own key's stream picks the site, word ``_BLOCK + j`` decides acceptance) and
+    stops by the same rule, so the result equals the per-system result bit for bit (tested);
+    each attempt is a few vector operations over the L lanes instead of L scalar ones (or
+    L-wide gathers under ``jax.vmap``).
+
+    Args:
+        carry: the B states, a pytree whose leaves end with the batch axis.
+        keys: ``(2, B)`` uint32 key words (``jax.random.key_data(keys).T``).
+        num_sites: n, the number of updatable sites of every system.
+        prepare: ``k -> sites``: from the ``(_BLOCK, L)`` sites a block picks, what the
+            attempts need of them (row/column indices, bit masks), a pytree of
+            ``(_BLOCK, L)`` arrays, computed once per block, vectorised.
+        attempt_fn: ``(carry, site, bits, live) -> (accepted, carry)`` on ``(L,)`` lanes
+            (``site`` row j of ``sites``); flips site k of lane l iff ``accepted[l]``,
+            ``accepted = live & (bits < floor(2**32 w_k))``.
+        max_events, max_attempts: ``(B,)`` int32 stopping rule of each system.
+        num_lanes: L (capped at B); default ``_LANES``.
+
+    Returns:
+        ``(carry, num_flips, num_attempts)``, the counts ``(B,)``.
+    """
+    size = max_events.shape[0]
+    lanes = min(_LANES if num_lanes is None else num_lanes, size)
+    counters = jnp.arange(2 * _BLOCK, dtype=jnp.uint32)[:, None]
+    # Lane state: the system it runs (``size`` = idle), its carry, counts and next block;
+    # the store: every system's carry and final counts; ``queued``: systems started so far.
+    lane_zeros = jnp.zeros((lanes,), jnp.int32)
+    lane_carry = jax.tree.map(lambda x: x[..., :lanes], carry)
+    idle = jnp.full((lanes,), size, jnp.int32)
+    counts = jnp.zeros((size,), jnp.int32)
+    init = (carry, counts, counts, lane_carry, idle, lane_zeros, lane_zeros)
+    init = (*init, lane_zeros.astype(jnp.uint32), jnp.int32(0))
+
+    def limits(system):
+        safe = jnp.minimum(system, size - 1)
+        running = system < size
+        return (
+            jnp.where(running, max_events[safe], 0),
+            jnp.where(running, max_attempts[safe], 0),
+            safe,
+        )
+
+    def refill(state):
+        store, flips_out, attempts_out, lane_carry, system, flips, attempts, block, queued = state
+        events_cap, attempts_cap, _ = limits(system)
+        free = ~((flips < events_cap) & (attempts < attempts_cap))
+        # Write back the systems that stopped (index ``size`` drops the write).
+        done = free & (system < size)
+        target = jnp.where(done, system, size)
+        store = jax.tree.map(lambda s, c: s.at[..., target].set(c, mode="drop"), store, lane_carry)
+        flips_out = flips_out.at[target].set(flips, mode="drop")
+        attempts_out = attempts_out.at[target].set(attempts, mode="drop")
+        # Free lanes take the next systems in order.
+        rank = jnp.cumsum(free.astype(jnp.int32)) - 1
+        new = queued + rank
+        take = free & (new < size)
+        system = jnp.where(free, jnp.where(take, new, size), system)
+        safe = jnp.minimum(system, size - 1)
+        loaded = jax.tree.map(lambda s: s[..., safe], store)
+        lane_carry = jax.tree.map(lambda old, new_: jnp.where(take, new_, old), lane_carry, loaded)
+        flips = jnp.where(free, 0, flips)
+        attempts = jnp.where(free, 0, attempts)
+        block = jnp.where(free, jnp.uint32(0), block)
+        queued = jnp.minimum(queued + free.astype(jnp.int32).sum(), size)
+        return store, flips_out, attempts_out, lane_carry, system, flips, attempts, block, queued
+
+    def block_body(state):
+        state = refill(state)
+        store, flips_out, attempts_out, lane_carry, system, flips, attempts, block, queued = state
+        events_cap, attempts_cap, safe = limits(system)
+        # (2 * _BLOCK, L): row j holds word j of every lane's block, contiguous in L.
+        b0, b1 = _bits.threefry2x32(keys[0][safe], keys[1][safe], block, counters)
+        words = b0 ^ b1
+        k, valid = pick_site(words[:_BLOCK], num_sites)
+        # Materialise the block's site data once: fused into the attempt loop, XLA would
+        # recompute it for every row of the state it is compared with.
+        block_data = jax.lax.optimization_barrier((prepare(k), valid, words[_BLOCK:]))
+
+        def attempt(j, inner):
+            lane_carry, flips, attempts = inner
+            site, valid_j, accept_word = jax.tree.map(
+                lambda a: jax.lax.dynamic_index_in_dim(a, j, keepdims=False), block_data
+            )
+            live = (flips < events_cap) & (attempts < attempts_cap)
+            accepted, lane_carry = attempt_fn(lane_carry, site, accept_word, live & valid_j)
+            flips = flips + accepted.astype(jnp.int32)
+            return lane_carry, flips, attempts + live.astype(jnp.int32)
+
+        lane_carry, flips, attempts = jax.lax.fori_loop(
+            0, _BLOCK, attempt, (lane_carry, flips, attempts)
+        )
+        block = block + np.uint32(1)
+        return store, flips_out, attempts_out, lane_carry, system, flips, attempts, block, queued
+
+    def keep_going(state):
+        system, flips, attempts, queued = state[4], state[5], state[6], state[8]
+        events_cap, attempts_cap, _ = limits(system)
+        return (queued < size) | jnp.any((flips < events_cap) & (attempts < attempts_cap))
+
+    state = jax.lax.while_loop(keep_going, block_body, init)
+    store, flips_out, attempts_out = refill(state)[:3]
+    return store, flips_out, attempts_out
