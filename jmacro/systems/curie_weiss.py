@@ -152,63 +152,10 @@ class CurieWeiss(AbstractHeatBathSpins):
         return (flat, patch_sum), attempt, finish
 
     def _lane_process(self, spins, boundary):
-        """The uniformized process of B patches at once, batch along the lanes.
-
-        Spin k of patch b is bit ``k % 32`` of the uint32 ``words[k // 32, b]``; the patch sum
-        and the ``(2 (n + 1),)`` threshold table (``accept_thresholds``, which depends on the
-        patch's background) ride along per lane. An attempt selects site k's word (one-hot
-        over the words), looks its threshold up in the lane's table and flips by XOR.
-        ``None`` (``jax.vmap`` of the scalar kernel) above 32 words (1024 spins), where the
-        one-hot selection would cost more than the scalar kernel's reads."""
-        num, n = spins.shape[0], spins[0].size
-        num_words = -(-n // 32)
-        if num_words > 32:
-            return None
-        if isinstance(boundary, MeanField):
-            background_sum, num_total = boundary.background_sum, boundary.num_total
-        else:
-            background_sum, num_total = jnp.zeros((num,), jnp.int32), n
-
-        def table(model, background):
-            return model.accept_thresholds(n, background, num_total).reshape(-1)
-
-        thresholds = jax.vmap(table)(self, background_sum).T
-        flat = spins.reshape(num, -1)
-        patch_sum = flat.astype(jnp.int32).sum(axis=1)
-        padded = jnp.pad(flat, ((0, 0), (0, 32 * num_words - n)), constant_values=-1)
-        words = _bit_rows(padded.reshape(num, num_words, 32))
-        word_ids = jnp.arange(num_words, dtype=jnp.uint32)[:, None]
-        one, zero = jnp.uint32(1), jnp.uint32(0)
-
-        def prepare(k):
-            k = k.astype(jnp.uint32)
-            return k >> 5, k & jnp.uint32(31)
-
-        def attempt(carry, site, bits, live):
-            words, patch_sum, thresholds = carry
-            w, bit = site
-            word = jnp.sum(jnp.where(word_ids == w, words, zero), axis=0, dtype=jnp.uint32)
-            up = ((word >> bit) & one).astype(jnp.int32)
-            index = up * (n + 1) + ((patch_sum + n) >> 1)
-            threshold = jnp.take_along_axis(thresholds, index[None], axis=0)[0]
-            accepted = live & (bits < threshold)
-            words = words ^ jnp.where((word_ids == w) & accepted, one << bit, zero)
-            patch_sum = patch_sum - jnp.where(accepted, 4 * up - 2, 0)
-            return accepted, (words, patch_sum, thresholds)
-
-        def finish(carry):
-            bits = (carry[0].T[:, :, None] >> jnp.arange(32, dtype=jnp.uint32)) & one
-            out = jnp.where(bits > 0, 1, -1).astype(jnp.int8).reshape(num, -1)[:, :n]
-            return out.reshape(spins.shape)
-
-        return (words, patch_sum, thresholds), prepare, attempt, finish
-
-
-def _bit_rows(spins: Shaped[Array, "B R 32"]) -> UInt32[Array, "R B"]:
-    """Bit c of ``rows[r, b]`` is ``spins[b, r, c] > 0``."""
-    weights = jnp.uint32(1) << jnp.arange(32, dtype=jnp.uint32)
-    bits = jnp.where(spins > 0, weights, jnp.uint32(0))
-    return jnp.sum(bits, axis=-1, dtype=jnp.uint32).T
+        """None: a batch runs as ``jax.vmap`` of the scalar kernel. Its two B-wide lookups
+        per attempt (the spin and its threshold) measured 4x faster than bit-word lanes
+        (which need a one-hot word selection and the same table lookup)."""
+        return None
 
 
 def _read(array, index):
