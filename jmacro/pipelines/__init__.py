@@ -13,11 +13,12 @@ from __future__ import annotations
 from jmacro.pipelines.base import AbstractExperiment, RunResult, Scale, SDEVariant
 from jmacro.pipelines.curie_weiss import CurieWeiss
 from jmacro.pipelines.ising import Ising
+from jmacro.pipelines.nbmota import NbMoTa
 from jmacro.pipelines.predator_prey import PredatorPrey
 from jmacro.pipelines.runner import claim_run_dir, default_run_dir, run
 
 EXPERIMENTS: dict[str, type[AbstractExperiment]] = {
-    cls.name: cls for cls in (Ising, CurieWeiss, PredatorPrey)
+    cls.name: cls for cls in (Ising, CurieWeiss, PredatorPrey, NbMoTa)
 }
 
 
@@ -34,6 +35,7 @@ __all__ = [
     "AbstractExperiment",
     "CurieWeiss",
     "Ising",
+    "NbMoTa",
     "PredatorPrey",
     "RunResult",
     "SDEVariant",

@@ -121,14 +121,22 @@ def tile_upsample(
     frames: Shaped[Array, "P l l l 2"],
     tiles_per_side: int,
     composition=(1.0, 1.0, 1.0),
+    picks: Int[Array, " K"] | None = None,
 ) -> AlloyState:
     """A crystal of ``tiles_per_side``^3 tiles, each a random frame of the pool ``frames``
     (one vacancy each) rolled by a random cell offset; composition restored, vacancies at
-    the tile centres. Returns the state with its K vacancies in tile order."""
+    the tile centres. Returns the state with its K vacancies in tile order.
+
+    ``picks``: the K frame indices of the tiles (tile order), e.g. drawn by the caller from a
+    time window of the small runs; default K uniform draws (with replacement) from the pool.
+    The random shifts and relabelling draw from ``key`` either way."""
     tiles_per_side = check_positive_int(tiles_per_side, "tiles_per_side")
     num_tiles, tile_cells = tiles_per_side**3, frames.shape[1]
     key_pick, key_shift, key_relabel = jr.split(key, 3)
-    picks = jr.randint(key_pick, (num_tiles,), 0, frames.shape[0])
+    if picks is None:
+        picks = jr.randint(key_pick, (num_tiles,), 0, frames.shape[0])
+    elif jnp.shape(picks) != (num_tiles,):
+        raise ValueError(f"picks must hold K = {num_tiles} frame indices, got {jnp.shape(picks)}.")
     shifts = jr.randint(key_shift, (num_tiles, 3), 0, tile_cells)
 
     def place(pick, shift):

@@ -314,12 +314,13 @@ class VacancyKMC(AbstractSystem):
         state: AlloyState,
         key: PRNGKeyArray,
         num_steps: int,
-        step_duration: float,
+        step_duration: float | Float[Array, ""],
         save_every: int = 1,
     ) -> AlloyState:
         """``advance`` by ``step_duration`` s ``num_steps`` times (step t with key
         ``jr.split(key, num_steps)[t]``); saved states stacked on a leading axis of
-        ``num_steps // save_every + 1``, row 0 the initial state."""
+        ``num_steps // save_every + 1``, row 0 the initial state. ``step_duration`` may be
+        traced (e.g. one per temperature under ``jax.vmap``)."""
         num_steps, save_every = check_save_grid(num_steps, save_every)
         keys = jr.split(key, num_steps)
         keys = keys.reshape((num_steps // save_every, save_every, *keys.shape[1:]))
@@ -336,11 +337,16 @@ class VacancyKMC(AbstractSystem):
 
     @eqx.filter_jit
     def event_trajectory(
-        self, state: AlloyState, key: PRNGKeyArray, num_frames: int, events_per_frame: int
+        self,
+        state: AlloyState,
+        key: PRNGKeyArray,
+        num_frames: int,
+        events_per_frame: int | Int[Array, ""],
     ) -> tuple[AlloyState, Float[Array, " F"]]:
         """Frames every ``events_per_frame`` events (the reference's logging): states stacked
         ``(num_frames + 1, ...)`` and their times in s, row 0 the initial state at t = 0.
-        Frame f uses the key ``jr.split(key, num_frames)[f]``."""
+        Frame f uses the key ``jr.split(key, num_frames)[f]``; ``events_per_frame`` may be
+        traced (one compiled program for every count)."""
 
         def frame(loop, k):
             state, time = loop

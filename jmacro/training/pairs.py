@@ -59,8 +59,12 @@ from jaxtyping import Array, ArrayLike, Float, Int, Shaped
 
 from jmacro import lattice
 from jmacro._checks import check_positive_int
+from jmacro.models.alloy import SROEncoder
 from jmacro.models.closure import ClosureAutoencoder
 from jmacro.models.sde import LatentNormaliser
+
+Encoder = ClosureAutoencoder | SROEncoder
+"""What the pair encoders take: a closure autoencoder, or the alloy's closed SRO encoder."""
 
 PAIR_METHODS = ("ours", "baseline", "patch")
 
@@ -88,10 +92,10 @@ class IncrementPairs(NamedTuple):
 
 
 def partial_evolution_pair(
-    autoencoder: ClosureAutoencoder,
-    snapshot: Shaped[Array, "H W"],
+    autoencoder: Encoder,
+    snapshot: Shaped[Array, " *config"],
     patch_index: int | Int[Array, ""],
-    evolved_patch: Shaped[Array, "h w"],
+    evolved_patch: Shaped[Array, " *patch"],
     method: str = "ours",
 ) -> tuple[Float[Array, " d"], Float[Array, " d"]]:
     """(z_t, z~_{t+dt}), each ``(latent_dim,)``, for ONE ``snapshot`` whose patch
@@ -116,10 +120,10 @@ def partial_evolution_pair(
 
 
 def encode_partial_evolution_pairs(
-    autoencoder: ClosureAutoencoder,
-    snapshots: Shaped[ArrayLike, "n H W"],
+    autoencoder: Encoder,
+    snapshots: Shaped[ArrayLike, " n *config"],
     patch_index: Int[ArrayLike, " n"],
-    evolved_patches: Shaped[ArrayLike, "n h w"],
+    evolved_patches: Shaped[ArrayLike, " n *patch"],
     dt: Float[ArrayLike, " n"],
     *,
     method: str = "ours",
@@ -164,9 +168,9 @@ def encode_partial_evolution_pairs(
 
 
 def encode_full_pairs(
-    autoencoder: ClosureAutoencoder,
-    snapshots: Shaped[ArrayLike, "n H W"],
-    next_snapshots: Shaped[ArrayLike, "n H W"],
+    autoencoder: Encoder,
+    snapshots: Shaped[ArrayLike, " n *config"],
+    next_snapshots: Shaped[ArrayLike, " n *config"],
     dt: Float[ArrayLike, " n"],
     *,
     chunk_size: int = 1024,
@@ -188,8 +192,8 @@ def encode_full_pairs(
 
 
 def encode_configurations(
-    autoencoder: ClosureAutoencoder,
-    configurations: Shaped[ArrayLike, "n H W"],
+    autoencoder: Encoder,
+    configurations: Shaped[ArrayLike, " n *config"],
     *,
     chunk_size: int = 1024,
 ) -> Float[np.ndarray, "n d"]:
