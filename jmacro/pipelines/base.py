@@ -396,6 +396,11 @@ class AbstractExperiment(abc.ABC):
         """Score of one test condition from normalised latents ``(R, T+1, d)``: a scalar or
         an array over time; its mean is the reported number (lower is better)."""
 
+    def model_time_scale(self, validation_dt: np.ndarray, validation_condition) -> float:
+        """The SDE's unit of time (physical), from the validation pairs' durations ``(n,)``
+        and conditions ``(n, k)`` (or None); default their mean (the reference's choice)."""
+        return float(np.mean(validation_dt))
+
     def sde_hyperparams(self, scale: Scale) -> dict:
         """Extra ``make_latent_sde`` arguments of this experiment's SDEs (e.g. ``drift_mode``);
         default none: the reference's MLP drift."""

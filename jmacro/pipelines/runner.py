@@ -414,7 +414,8 @@ def _run_scale(graph: _Graph, system, scale: Scale, truth: StageRecord, progress
             condition=None if condition is None else np.repeat(condition, steps, axis=0),
         )
         latents = np.asarray(encode_configurations(ae, large.dataset["snapshots"]))
-        normaliser = fit_normaliser(latents, val.dt, exp.sde.normalisation)
+        time_scale = exp.model_time_scale(np.asarray(val.dt), val.condition)
+        normaliser = fit_normaliser(latents, np.full(1, time_scale), exp.sde.normalisation)
         return normalise_pairs(val, normaliser), normaliser, val, latents
 
     @functools.cache
