@@ -258,14 +258,16 @@ class SDEVariant:
         name: stage suffix and result key, e.g. ``"ours"`` or ``"lam2p5_seed0"``.
         group: what the report compares (``"ours"``, ``"baseline"``, ``"2.5"``); seeds of a
             group are averaged, with their standard error.
-        method: ``"ours"`` (z + patch increment) or ``"baseline"`` (the patch as the system).
+        method: ``"ours"`` (z + patch increment), ``"baseline"`` (the patch as the system,
+            from the large latent) or ``"patch"`` (the patch alone, both ends its own latent:
+            the small system's SDE; ``jmacro.training.pairs``).
         covariance_scale: lambda of the likelihood loss.
         seed: offset of the master seed for this model's initialisation, training and rollout.
     """
 
     name: str
     group: str
-    method: Literal["ours", "baseline"]
+    method: Literal["ours", "baseline", "patch"]
     covariance_scale: float
     seed: int = 0
 

@@ -54,20 +54,21 @@ def restore_composition(
     species.
     """
     flat = occupancy.reshape(-1).astype(jnp.int32)
-    key_keep, key_order = jr.split(key)
     counts = jnp.sum(flat[:, None] == jnp.arange(bcc.NUM_SPECIES), axis=0).astype(jnp.int32)
     target = _target_counts(flat, composition)
     excess, deficit = jnp.maximum(counts - target, 0), jnp.maximum(target - counts, 0)
-    # Rank of each site within its species in a random order: the `excess` first are given up.
-    by_species = jnp.lexsort((jr.uniform(key_keep, flat.shape), flat))
-    rank = jnp.zeros_like(flat).at[by_species].set(jnp.arange(flat.size))
+    # One sort: sites by species, in random order within each (uniform in [0, 1) added to the
+    # code); the first `excess` of each species are given up, and the given-up sites, in
+    # that order, take the missing labels (with three species, one side of the exchange is a
+    # single species, so this is a uniformly random relabelling of a uniformly random subset).
+    order = jnp.argsort(flat.astype(jnp.float32) + jr.uniform(key, flat.shape, maxval=0.5))
+    species = flat[order]
     start = jnp.cumsum(counts) - counts
-    give_up = (flat != bcc.VACANCY) & (rank - start[flat] < excess[flat])
-    # Given-up sites first, in random order; the p-th takes the p-th missing label.
-    order = jnp.lexsort((jr.uniform(key_order, flat.shape), ~give_up))
-    position = jnp.zeros_like(flat).at[order].set(jnp.arange(flat.size))
+    give_up = (species != bcc.VACANCY) & (jnp.arange(flat.size) - start[species] < excess[species])
+    position = jnp.cumsum(give_up) - 1
     labels = jnp.repeat(jnp.arange(bcc.NUM_SPECIES), deficit, total_repeat_length=flat.size)
-    relabelled = jnp.where(give_up, labels[position], flat)
+    sorted_labels = jnp.where(give_up, labels[jnp.maximum(position, 0)], species)
+    relabelled = jnp.zeros_like(flat).at[order].set(sorted_labels)
     return relabelled.astype(jnp.int8).reshape(occupancy.shape)
 
 
