@@ -98,6 +98,9 @@ class AbstractHeatBathSpins(AbstractSystem):
     Subclasses provide the fields ``temperature``, ``field``, ``coupling`` and ``_process``,
     which returns the attempt function for a patch seeing a boundary.
 
+    ``batch_lanes`` (class attribute): under ``jax.vmap``, event-count drivers run the batch
+    on this many lanes that switch lattices as theirs stop (None: lock-step ``vmap``).
+
     Drivers (implemented once here):
         - by flip count: exactly ``num_events`` flips (default: as many as sites, the
           reference's "step"); dt is the time of the last flip, Gamma(attempts, n);
@@ -109,6 +112,7 @@ class AbstractHeatBathSpins(AbstractSystem):
     coupling: eqx.AbstractVar[Float[Array, ""]]
     min_side: eqx.AbstractClassVar[int]
     state_dtype: ClassVar[Any] = jnp.int8
+    batch_lanes: eqx.AbstractClassVar[int | None]
 
     @property
     def beta(self) -> Float[Array, ""]:
@@ -238,18 +242,16 @@ class AbstractHeatBathSpins(AbstractSystem):
             check_spins(boundary.values, "halo")
         return spins.astype(jnp.int8)
 
-    @abc.abstractmethod
-    def _lane_process(self, spins: Int8[Array, "B H W"], boundary: AbstractBoundary):
-        """The process of B systems at once for ``_uniformized.run_attempts_lanes``
-        (``self``'s fields and ``boundary`` batched along a leading axis of size B), or None
-        where the subclass has no lane kernel for this shape (``jax.vmap`` of ``_process``
-        is used then). Must consume the same words as ``_process``: equal bit for bit."""
-
-    def _sequential(self, spins, key, boundary, *, max_events=None, max_attempts=None):
+    def _sequential(self, spins, key, boundary, *, max_events=None, max_attempts=None, lanes=True):
+        """``(spins, num_flips, num_attempts)`` of ``_uniformized.run_attempts``. Under
+        ``jax.vmap`` the batch runs on ``batch_lanes`` switching lanes if ``lanes`` (for
+        event counts, whose attempt counts vary from lattice to lattice), else in lock-step
+        (fixed times: Poisson attempt counts vary little, and lock-step measured faster)."""
         limit = jnp.iinfo(jnp.int32).max
         max_events = jnp.asarray(limit if max_events is None else max_events, jnp.int32)
         max_attempts = jnp.asarray(limit if max_attempts is None else max_attempts, jnp.int32)
-        return _run_sequential(self, spins, boundary, key, max_events, max_attempts)
+        run = _run_sequential if lanes and self.batch_lanes else _run_one
+        return run(self, spins, boundary, key, max_events, max_attempts)
 
     def _run_events(self, spins, key, num_events, boundary):
         def run(key, **stop):
@@ -261,7 +263,7 @@ class AbstractHeatBathSpins(AbstractSystem):
         duration = check_duration(duration, spins.size)
         key_count, key_run = jr.split(key)
         attempts = _uniformized.num_ticks(key_count, duration, spins.size)
-        return self._sequential(spins, key_run, boundary, max_attempts=attempts)[0]
+        return self._sequential(spins, key_run, boundary, max_attempts=attempts, lanes=False)[0]
 
 
 def _run_one(system, spins, boundary, key, max_events, max_attempts):
@@ -272,7 +274,8 @@ def _run_one(system, spins, boundary, key, max_events, max_attempts):
     return finish(carry), num_flips, num_attempts
 
 
-# One system per call; under ``jax.vmap`` the batch runs as vector lanes (same bits).
+# One system per call; under ``jax.vmap`` the batch runs on ``batch_lanes`` lanes that take
+# the next system when theirs stops (``_uniformized.run_attempts_lanes``), with the same bits.
 _run_sequential = custom_vmap(_run_one)
 
 
@@ -283,18 +286,21 @@ def _run_lanes(axis_size, in_batched, *args):
 
     args = jax.tree.map(broadcast, args, tuple(in_batched))
     system, spins, boundary, key, max_events, max_attempts = args
-    lanes = system._lane_process(spins, boundary)
-    if lanes is None:
-        return jax.vmap(_run_one)(*args), (True, True, True)
-    carry, prepare, attempt, finish = lanes
-    keys = jax.random.key_data(key).T
+    carry = jax.vmap(lambda m, s, b: m._process(s, b)[0])(system, spins, boundary)
+    # ``_process``'s attempt depends on shapes only (all per-system data is in the carry):
+    # build it once from the first system, then map it over the lanes.
+    _, attempt, finish = _first(system)._process(spins[0], _first(boundary))
     carry, num_flips, num_attempts = _uniformized.run_attempts_lanes(
         carry,
-        keys,
+        jax.random.key_data(key),
         spins[0].size,
-        prepare,
         attempt,
         max_events=max_events,
         max_attempts=max_attempts,
+        num_lanes=system.batch_lanes,
     )
-    return (finish(carry), num_flips, num_attempts), (True, True, True)
+    return (jax.vmap(finish)(carry), num_flips, num_attempts), (True, True, True)
+
+
+def _first(tree):
+    return jax.tree.map(lambda x: x[0], tree)

@@ -216,43 +216,38 @@ def advance_events(
 
 
 # ---------------------------------------------------------------------------- batched lanes
-# Lanes of the batched kernel: enough to fill the vector units and amortise each attempt's
-# fixed cost, few enough that refilling at block ends keeps them busy.
-_LANES = 512
+# Default lanes of the batched driver: enough to amortise each attempt's fixed cost, few
+# enough that the lanes' states stay in cache and switching systems keeps them busy.
+_LANES = 256
 
 
 def run_attempts_lanes(
     carry: Any,
-    keys: UInt32[Array, "2 B"],
+    keys: UInt32[Array, "B 2"],
     num_sites: int,
-    prepare: Callable[[Int[Array, "A L"]], Any],
-    attempt_fn: Callable[[Any, Any, UInt32[Array, " L"], jax.Array], tuple[jax.Array, Any]],
+    attempt_fn: AttemptFn,
     *,
     max_events: Int[Array, " B"],
     max_attempts: Int[Array, " B"],
     num_lanes: int | None = None,
 ) -> tuple[Any, Int[Array, " B"], Int[Array, " B"]]:
-    """``run_attempts`` for B independent systems on L <= B vector lanes.
+    """``run_attempts`` for B independent systems on L <= B lanes (``jax.vmap`` of the attempt).
 
     Each lane runs one system at a time, block by block; at the end of a block, a lane whose
-    system has stopped writes it back and takes the next system not yet started (so lanes do
-    not idle until the slowest system of the batch stops). System b consumes exactly the
-    random words, in the same order, that ``run_attempts`` consumes for it alone (word j of
-    block a of its own key's stream picks the site, word ``_BLOCK + j`` decides acceptance) and
-    stops by the same rule, so the result equals the per-system result bit for bit (tested);
-    each attempt is a few vector operations over the L lanes instead of L scalar ones (or
-    L-wide gathers under ``jax.vmap``).
+    system has stopped writes it back and takes the next system not yet started. Under a
+    plain ``jax.vmap`` of ``run_attempts`` every system would wait, block after block, for the
+    slowest of the batch (for a fixed number of flips about half the lock-step attempts were
+    idle). System b consumes exactly the random words, in the same order, that
+    ``run_attempts`` consumes for it alone (word j of block a of its own key's stream picks
+    the site, word ``_BLOCK + j`` decides acceptance) and stops by the same rule, so the
+    result equals the per-system result bit for bit (tested).
 
     Args:
-        carry: the B states, a pytree whose leaves end with the batch axis.
-        keys: ``(2, B)`` uint32 key words (``jax.random.key_data(keys).T``).
+        carry: the B systems' carries (``_process``), a pytree with a leading batch axis;
+            everything an attempt needs of its system must be in it (lanes switch systems).
+        keys: ``(B, 2)`` uint32 key words (``jax.random.key_data``).
         num_sites: n, the number of updatable sites of every system.
-        prepare: ``k -> sites``: from the ``(_BLOCK, L)`` sites a block picks, what the
-            attempts need of them (row/column indices, bit masks), a pytree of
-            ``(_BLOCK, L)`` arrays, computed once per block, vectorised.
-        attempt_fn: ``(carry, site, bits, live) -> (accepted, carry)`` on ``(L,)`` lanes
-            (``site`` row j of ``sites``); flips site k of lane l iff ``accepted[l]``,
-            ``accepted = live & (bits < floor(2**32 w_k))``.
+        attempt_fn: one system's attempt, as for ``run_attempts``.
         max_events, max_attempts: ``(B,)`` int32 stopping rule of each system.
         num_lanes: L (capped at B); default ``_LANES``.
 
@@ -261,82 +256,86 @@ def run_attempts_lanes(
     """
     size = max_events.shape[0]
     lanes = min(_LANES if num_lanes is None else num_lanes, size)
-    counters = jnp.arange(2 * _BLOCK, dtype=jnp.uint32)[:, None]
-    # Lane state: the system it runs (``size`` = idle), its carry, counts and next block;
-    # the store: every system's carry and final counts; ``queued``: systems started so far.
-    lane_zeros = jnp.zeros((lanes,), jnp.int32)
-    lane_carry = jax.tree.map(lambda x: x[..., :lanes], carry)
-    idle = jnp.full((lanes,), size, jnp.int32)
-    counts = jnp.zeros((size,), jnp.int32)
-    init = (carry, counts, counts, lane_carry, idle, lane_zeros, lane_zeros)
-    init = (*init, lane_zeros.astype(jnp.uint32), jnp.int32(0))
+
+    def step(carry, k, bits, live):
+        accepted, write = attempt_fn(carry, k, bits, live)
+        return accepted, write(carry, jnp.bool_(True))
+
+    step = jax.vmap(step)
 
     def limits(system):
+        # Stopping rule of each lane's system; an idle lane (system == size) never runs.
         safe = jnp.minimum(system, size - 1)
         running = system < size
-        return (
-            jnp.where(running, max_events[safe], 0),
-            jnp.where(running, max_attempts[safe], 0),
-            safe,
-        )
+        return jnp.where(running, max_events[safe], 0), jnp.where(running, max_attempts[safe], 0)
 
     def refill(state):
-        store, flips_out, attempts_out, lane_carry, system, flips, attempts, block, queued = state
-        events_cap, attempts_cap, _ = limits(system)
+        store, flips_out, attempts_out, lanes_carry, system, flips, attempts, block, queued = state
+        events_cap, attempts_cap = limits(system)
         free = ~((flips < events_cap) & (attempts < attempts_cap))
         # Write back the systems that stopped (index ``size`` drops the write).
-        done = free & (system < size)
-        target = jnp.where(done, system, size)
-        store = jax.tree.map(lambda s, c: s.at[..., target].set(c, mode="drop"), store, lane_carry)
+        target = jnp.where(free & (system < size), system, size)
+        store = jax.tree.map(lambda s, c: s.at[target].set(c, mode="drop"), store, lanes_carry)
         flips_out = flips_out.at[target].set(flips, mode="drop")
         attempts_out = attempts_out.at[target].set(attempts, mode="drop")
-        # Free lanes take the next systems in order.
-        rank = jnp.cumsum(free.astype(jnp.int32)) - 1
-        new = queued + rank
+        # Free lanes take the next systems, in order.
+        new = queued + jnp.cumsum(free.astype(jnp.int32)) - 1
         take = free & (new < size)
         system = jnp.where(free, jnp.where(take, new, size), system)
-        safe = jnp.minimum(system, size - 1)
-        loaded = jax.tree.map(lambda s: s[..., safe], store)
-        lane_carry = jax.tree.map(lambda old, new_: jnp.where(take, new_, old), lane_carry, loaded)
-        flips = jnp.where(free, 0, flips)
-        attempts = jnp.where(free, 0, attempts)
+        loaded = jax.tree.map(lambda s: s[jnp.minimum(system, size - 1)], store)
+        lanes_carry = jax.tree.map(
+            lambda old, new_: jnp.where(_expand(take, old), new_, old), lanes_carry, loaded
+        )
+        flips, attempts = jnp.where(free, 0, flips), jnp.where(free, 0, attempts)
         block = jnp.where(free, jnp.uint32(0), block)
         queued = jnp.minimum(queued + free.astype(jnp.int32).sum(), size)
-        return store, flips_out, attempts_out, lane_carry, system, flips, attempts, block, queued
+        return store, flips_out, attempts_out, lanes_carry, system, flips, attempts, block, queued
 
     def block_body(state):
         state = refill(state)
-        store, flips_out, attempts_out, lane_carry, system, flips, attempts, block, queued = state
-        events_cap, attempts_cap, safe = limits(system)
-        # (2 * _BLOCK, L): row j holds word j of every lane's block, contiguous in L.
-        b0, b1 = _bits.threefry2x32(keys[0][safe], keys[1][safe], block, counters)
-        words = b0 ^ b1
-        k, valid = pick_site(words[:_BLOCK], num_sites)
-        # Materialise the block's site data once: fused into the attempt loop, XLA would
-        # recompute it for every row of the state it is compared with.
-        block_data = jax.lax.optimization_barrier((prepare(k), valid, words[_BLOCK:]))
+        store, flips_out, attempts_out, lanes_carry, system, flips, attempts, block, queued = state
+        events_cap, attempts_cap = limits(system)
+        lane_keys = keys[jnp.minimum(system, size - 1)]
+        # (2 * _BLOCK, L): row j holds word j of every lane's block, contiguous.
+        b0, b1 = _bits.threefry2x32(
+            lane_keys[None, :, 0], lane_keys[None, :, 1], block[None, :], _COUNTERS[:, None]
+        )
+        words = jax.lax.optimization_barrier(b0 ^ b1)
 
         def attempt(j, inner):
-            lane_carry, flips, attempts = inner
-            site, valid_j, accept_word = jax.tree.map(
-                lambda a: jax.lax.dynamic_index_in_dim(a, j, keepdims=False), block_data
-            )
+            lanes_carry, flips, attempts = inner
+            site_word = jax.lax.dynamic_index_in_dim(words, j, keepdims=False)
+            accept_word = jax.lax.dynamic_index_in_dim(words, j + _BLOCK, keepdims=False)
+            k, valid = pick_site(site_word, num_sites)
             live = (flips < events_cap) & (attempts < attempts_cap)
-            accepted, lane_carry = attempt_fn(lane_carry, site, accept_word, live & valid_j)
+            accepted, lanes_carry = step(lanes_carry, k, accept_word, live & valid)
             flips = flips + accepted.astype(jnp.int32)
-            return lane_carry, flips, attempts + live.astype(jnp.int32)
+            return lanes_carry, flips, attempts + live.astype(jnp.int32)
 
-        lane_carry, flips, attempts = jax.lax.fori_loop(
-            0, _BLOCK, attempt, (lane_carry, flips, attempts)
+        lanes_carry, flips, attempts = jax.lax.fori_loop(
+            0, _BLOCK, attempt, (lanes_carry, flips, attempts)
         )
         block = block + np.uint32(1)
-        return store, flips_out, attempts_out, lane_carry, system, flips, attempts, block, queued
+        return store, flips_out, attempts_out, lanes_carry, system, flips, attempts, block, queued
 
     def keep_going(state):
         system, flips, attempts, queued = state[4], state[5], state[6], state[8]
-        events_cap, attempts_cap, _ = limits(system)
+        events_cap, attempts_cap = limits(system)
         return (queued < size) | jnp.any((flips < events_cap) & (attempts < attempts_cap))
 
+    lane_zeros = jnp.zeros((lanes,), jnp.int32)
+    counts = jnp.zeros((size,), jnp.int32)
+    idle = jnp.full((lanes,), size, jnp.int32)
+    lanes_carry = jax.tree.map(lambda x: x[:lanes], carry)
+    init = (carry, counts, counts, lanes_carry, idle, lane_zeros, lane_zeros)
+    init = (*init, lane_zeros.astype(jnp.uint32), jnp.int32(0))
     state = jax.lax.while_loop(keep_going, block_body, init)
-    store, flips_out, attempts_out = refill(state)[:3]
-    return store, flips_out, attempts_out
+    return refill(state)[:3]
+
+
+_COUNTERS = np.arange(2 * _BLOCK, dtype=np.uint32)
+
+
+def _expand(mask, like):
+    """``mask (L,)`` broadcastable against ``like (L, ...)``."""
+    return mask.reshape(mask.shape + (1,) * (jnp.ndim(like) - 1))

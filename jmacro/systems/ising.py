@@ -85,6 +85,10 @@ class GlauberIsing(AbstractHeatBathSpins):
 
     boundaries: ClassVar[tuple[type[AbstractBoundary], ...]] = (Periodic, FrozenHalo)
     min_side: ClassVar[int] = 2
+    # Event counts under jax.vmap: lattices run on 256 lanes that take the next lattice when
+    # theirs stops (``_uniformized.run_attempts_lanes``): 2.0x a lock-step vmap for 2000
+    # 16x16 lattices x 256 flips, which idles about half of its attempts.
+    batch_lanes: ClassVar[int | None] = 256
 
     def __init__(self, temperature=2.5, field=0.0, coupling=1.0):
         self.temperature = as_param(temperature, "temperature", positive=True)
@@ -169,7 +173,6 @@ class GlauberIsing(AbstractHeatBathSpins):
     def _process(self, spins, boundary):
         shape = height, width = spins.shape
         halo = boundary.values if isinstance(boundary, FrozenHalo) else None
-        thresholds = self.accept_thresholds()
         if halo is None:
             state = spins.reshape(-1)
             neighbours = functools.partial(_periodic_neighbours, height=height, width=width)
@@ -177,80 +180,32 @@ class GlauberIsing(AbstractHeatBathSpins):
             state = halo.astype(jnp.int8).at[1:-1, 1:-1].set(spins).reshape(-1)
             neighbours = functools.partial(_halo_neighbours, width=width)
 
-        def attempt(state, k, bits, live):
+        def attempt(carry, k, bits, live):
             # Scalar reads and one scalar write: no gather, no copy of the state.
+            state, thresholds = carry
             i, nbs = neighbours(k)
             s_i = _read(state, i)
             total = sum(_read(state, j).astype(jnp.int32) for j in nbs)
             index = jnp.where(s_i > 0, 5, 0) + ((total + 4) >> 1)
             accepted = live & (bits < _read(thresholds, index))
 
-            def write(state, ordered):
+            def write(carry, ordered):
+                state, thresholds = carry
                 flip = accepted & ordered
-                return jax.lax.dynamic_update_index_in_dim(state, jnp.where(flip, -s_i, s_i), i, 0)
+                new = jnp.where(flip, -s_i, s_i)
+                return jax.lax.dynamic_update_index_in_dim(state, new, i, 0), thresholds
 
             return accepted, write
 
-        def finish(state):
+        def finish(carry):
+            state = carry[0]
             if halo is not None:
                 state = state.reshape(shape[0] + 2, shape[1] + 2)[1:-1, 1:-1]
             return state.reshape(shape)
 
-        return state, attempt, finish
-
-    def _lane_process(self, spins, boundary):
-        """The uniformized process of B lattices as bit rows, batch along the lanes.
-
-        Row r of lattice b is the uint32 ``rows[r, b]`` whose bit c is ``s[r, c] > 0`` (in a
-        frozen halo: the padded lattice, bit c + 1 of row r + 1); its ``(10,)`` acceptance
-        thresholds ride along as ``thresholds[:, b]``. An attempt selects the
-        three rows around site k (one-hot over the rows), reads five bits and flips by XOR:
-        vector operations over the B lanes, no gather. ``None`` (``jax.vmap`` of the scalar
-        kernel) when a row exceeds 32 bits."""
-        _, height, width = spins.shape
-        halo = boundary.values if isinstance(boundary, FrozenHalo) else None
-        pad = 0 if halo is None else 1
-        if width + 2 * pad > 32:
-            return None
-        thresholds = jax.vmap(type(self).accept_thresholds)(self).T
-        padded = spins if halo is None else halo.astype(jnp.int8).at[:, 1:-1, 1:-1].set(spins)
-        rows = _to_rows(padded)
-        row_ids = jnp.arange(rows.shape[0], dtype=jnp.int32)[:, None]
-        threshold_ids = jnp.arange(10, dtype=jnp.int32)[:, None]
-        one, zero = jnp.uint32(1), jnp.uint32(0)
-
-        def prepare(k):
-            r, c = k // width + pad, k % width + pad
-            if halo is None:
-                up = jnp.where(r == 0, height - 1, r - 1)
-                down = jnp.where(r == height - 1, 0, r + 1)
-                left = jnp.where(c == 0, width - 1, c - 1)
-                right = jnp.where(c == width - 1, 0, c + 1)
-            else:
-                up, down, left, right = r - 1, r + 1, c - 1, c + 1
-            shifts = [x.astype(jnp.uint32) for x in (c, left, right)]
-            return r, up, down, *shifts
-
-        def attempt(carry, site, bits, live):
-            rows, thresholds = carry
-            r, up, down, c, left, right = site
-            mid, above, below = (_select(rows, row_ids, i) for i in (r, up, down))
-            num_up = ((above >> c) & one) + ((below >> c) & one)
-            num_up = num_up + ((mid >> left) & one) + ((mid >> right) & one)
-            index = (5 * ((mid >> c) & one) + num_up).astype(jnp.int32)
-            # A one-hot sum (a reduction: XLA computes it once per lane; an elementwise
-            # select chain would be recomputed inside the (rows, B) update for every row).
-            accepted = live & (bits < _select(thresholds, threshold_ids, index))
-            flip = jnp.where(accepted, one << c, zero)
-            return accepted, (rows ^ jnp.where(row_ids == r, flip, zero), thresholds)
-
-        def finish(carry):
-            rows = carry[0]
-            out = _from_rows(rows, width + 2 * pad)
-            return out if halo is None else out[:, 1:-1, 1:-1]
-
-        # The thresholds travel with each lattice's rows (lanes switch lattices).
-        return (rows, thresholds), prepare, attempt, finish
+        # The thresholds ride in the carry: everything of one lattice travels together when a
+        # batch runs as lanes that switch lattices (``_uniformized.run_attempts_lanes``).
+        return (state, self.accept_thresholds()), attempt, finish
 
     def _parallel(self, spins, key, duration, halo):
         shape = spins.shape
@@ -356,24 +311,6 @@ class GlauberIsing(AbstractHeatBathSpins):
 
 def _boundary(halo) -> AbstractBoundary:
     return Periodic() if halo is None else FrozenHalo(halo)
-
-
-def _to_rows(spins: Shaped[Array, "B H W"]) -> UInt32[Array, "H B"]:
-    """Bit rows: bit c of ``rows[r, b]`` is ``spins[b, r, c] > 0`` (W <= 32)."""
-    weights = jnp.uint32(1) << jnp.arange(spins.shape[-1], dtype=jnp.uint32)
-    bits = jnp.where(spins > 0, weights, jnp.uint32(0))
-    return jnp.sum(bits, axis=-1, dtype=jnp.uint32).T
-
-
-def _from_rows(rows: UInt32[Array, "H B"], width: int) -> Int8[Array, "B H W"]:
-    """Inverse of ``_to_rows``: int8 spins -1/+1."""
-    bits = (rows.T[:, :, None] >> jnp.arange(width, dtype=jnp.uint32)) & jnp.uint32(1)
-    return jnp.where(bits > 0, 1, -1).astype(jnp.int8)
-
-
-def _select(rows, row_ids, r):
-    """``rows[r[b], b]`` for every lane b, by a one-hot sum over the rows (no gather)."""
-    return jnp.sum(jnp.where(row_ids == r, rows, jnp.uint32(0)), axis=0, dtype=jnp.uint32)
 
 
 def _read(array, index):
