@@ -188,3 +188,9 @@ def test_condition_and_config_errors(smoke):
     with pytest.raises(ValueError, match="--nnk-weights"):
         paper.system()
     assert dataclasses.replace(smoke, barrier="kra").system().temperature == 2000.0
+
+
+def test_the_coldest_temperature_sets_the_unit_of_time(smoke):
+    dt = np.array([1.0, 3.0, 0.01, 0.03], np.float32)  # two cold pairs, two hot ones
+    condition = temperature_condition([2000.0, 2000.0, 3000.0, 3000.0])
+    assert smoke.model_time_scale(dt, condition) == pytest.approx(2.0)

@@ -12,6 +12,7 @@ the test runs (truth) or the rollouts (one per test run, from its encoded initia
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -45,9 +46,24 @@ def _late(times: np.ndarray) -> slice:
 
 
 def _ensemble_stats(evaluations, key):
-    """Per seed, ensemble mean and std over runs: ``(S, C, T+1, d)`` each."""
-    z = np.stack([np.asarray(e[key], np.float64) for e in evaluations])  # (S, C, R, T+1, d)
-    return z.mean(2), z.std(2)
+    """Per seed, ensemble mean and std over runs, ``(S, C, T+1, d)`` each, over the runs that
+    did not diverge (non-finite or beyond 10 truth ranges, as ``metrics.diverged_fraction``),
+    and the diverged fraction of each seed ``(S,)``."""
+    means, stds, diverged = [], [], []
+    for evaluation in evaluations:
+        z = np.asarray(evaluation[key], np.float64)  # (C, R, T+1, d)
+        truth = np.asarray(evaluation["truth"], np.float64)
+        low, high = truth.min(axis=(0, 1, 2)), truth.max(axis=(0, 1, 2))
+        half = 10.0 * np.maximum(high - low, 1e-12)
+        with np.errstate(invalid="ignore"):
+            far = ~(np.abs(z - (low + high) / 2) <= half).all(axis=(2, 3))  # (C, R)
+        kept = np.where(far[..., None, None], np.nan, z)
+        with warnings.catch_warnings():  # a condition whose every run diverged: NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            means.append(np.nanmean(kept, axis=1))
+            stds.append(np.nanstd(kept, axis=1))
+        diverged.append(float(far.mean()))
+    return np.stack(means), np.stack(stds), np.asarray(diverged)
 
 
 def nbmota_sections(exp, run_dir: Path, metrics: dict, replicates: dict) -> list[str]:
@@ -93,11 +109,17 @@ def _plot_sro_vs_time(path, exp, times, stats) -> None:
     styles = {"KMC": ("k", "-"), "ours": ("C0", "--"), "baseline": ("C3", ":")}
     for c, row in enumerate(axes):
         for k, ax in enumerate(row):
-            for label, (mean, std) in stats.items():
+            band = stats["KMC"][0][:, c, :, k].mean(0), stats["KMC"][1][:, c, :, k].mean(0)
+            low, high = float(np.min(band[0] - band[1])), float(np.max(band[0] + band[1]))
+            width = max(high - low, 1e-3)
+            for label, (mean, std, _) in stats.items():
                 colour, style = styles.get(label, ("C2", "-."))
-                m, s = mean[:, c, :, k].mean(0), std[:, c, :, k].mean(0)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    m, s = np.nanmean(mean[:, c, :, k], 0), np.nanmean(std[:, c, :, k], 0)
                 ax.plot(times[c], m, style, color=colour, lw=1.2, label=label)
                 ax.fill_between(times[c], m - s, m + s, color=colour, alpha=0.12)
+            ax.set_ylim(low - width, high + width)  # the truth's band sets the axes
             ax.set_title(f"{conditions[c]}: {exp.latent_names[k]}", fontsize=8)
             ax.set_xlabel("time (s)", fontsize=8)
             ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
@@ -110,9 +132,11 @@ def _plot_sro_vs_time(path, exp, times, stats) -> None:
 def _late_table(exp, stats, late, num_seeds) -> list[str]:
     labels = list(stats)
     head = " | ".join(f"{g} mean" for g in labels) + " | " + " | ".join(f"{g} std" for g in labels)
+    diverged = ", ".join(f"{g} {100 * stats[g][2].mean():.0f} %" for g in labels[1:])
     lines = [
         f"Late-time SRO (last quarter of the horizon): ensemble mean and spread (std over "
-        f"runs), mean +- SE over {num_seeds} seeds.",
+        f"runs), mean +- SE over {num_seeds} seeds; rollouts that diverged (beyond 10 truth "
+        f"ranges) are left out ({diverged}).",
         "",
         f"| T | SRO | {head} |",
         "|" + "---|" * (2 + 2 * len(labels)),
@@ -180,11 +204,13 @@ def _equilibrium(exp, metrics, seeds, stats, late, path) -> list[str]:
             temps_eq, small_mean[:, k], yerr=small_se[:, k], fmt="x-", color="0.5", capsize=2,
             label=f"small KMC ({2 * exp.small_cells**3:,} sites), last half",
         )  # fmt: skip
-        for label, (mean, _) in stats.items():
+        for label, (mean, _, _) in stats.items():
             late_mean = mean[:, :, late, k].mean(2)  # (S, C)
             entries = [mean_se(late_mean[:, c]) for c in range(len(temps_test))]
             ax.errorbar(
-                temps_test, [e["mean"] for e in entries], yerr=[e["se"] or 0 for e in entries],
+                temps_test,
+                [np.nan if e["mean"] is None else e["mean"] for e in entries],
+                yerr=[e["se"] or 0 for e in entries],
                 fmt=styles.get(label, ("C2", "d"))[1], color=styles.get(label, ("C2", "d"))[0],
                 capsize=2, label=f"{label} (large), late",
             )  # fmt: skip
