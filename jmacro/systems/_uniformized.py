@@ -22,7 +22,7 @@ per attempt:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -256,6 +256,7 @@ def run_attempts_lanes(
     """
     size = max_events.shape[0]
     lanes = min(_LANES if num_lanes is None else num_lanes, size)
+    stop = (max_events, max_attempts)
 
     def step(carry, k, bits, live):
         accepted, write = attempt_fn(carry, k, bits, live)
@@ -263,42 +264,13 @@ def run_attempts_lanes(
 
     step = jax.vmap(step)
 
-    def limits(system):
-        # Stopping rule of each lane's system; an idle lane (system == size) never runs.
-        safe = jnp.minimum(system, size - 1)
-        running = system < size
-        return jnp.where(running, max_events[safe], 0), jnp.where(running, max_attempts[safe], 0)
-
-    def refill(state):
-        store, flips_out, attempts_out, lanes_carry, system, flips, attempts, block, queued = state
-        events_cap, attempts_cap = limits(system)
-        free = ~((flips < events_cap) & (attempts < attempts_cap))
-        # Write back the systems that stopped (index ``size`` drops the write).
-        target = jnp.where(free & (system < size), system, size)
-        store = jax.tree.map(lambda s, c: s.at[target].set(c, mode="drop"), store, lanes_carry)
-        flips_out = flips_out.at[target].set(flips, mode="drop")
-        attempts_out = attempts_out.at[target].set(attempts, mode="drop")
-        # Free lanes take the next systems, in order.
-        new = queued + jnp.cumsum(free.astype(jnp.int32)) - 1
-        take = free & (new < size)
-        system = jnp.where(free, jnp.where(take, new, size), system)
-        loaded = jax.tree.map(lambda s: s[jnp.minimum(system, size - 1)], store)
-        lanes_carry = jax.tree.map(
-            lambda old, new_: jnp.where(_expand(take, old), new_, old), lanes_carry, loaded
-        )
-        flips, attempts = jnp.where(free, 0, flips), jnp.where(free, 0, attempts)
-        block = jnp.where(free, jnp.uint32(0), block)
-        queued = jnp.minimum(queued + free.astype(jnp.int32).sum(), size)
-        return store, flips_out, attempts_out, lanes_carry, system, flips, attempts, block, queued
-
     def block_body(state):
-        state = refill(state)
-        store, flips_out, attempts_out, lanes_carry, system, flips, attempts, block, queued = state
-        events_cap, attempts_cap = limits(system)
-        lane_keys = keys[jnp.minimum(system, size - 1)]
+        state = _refill(state, stop)
+        events_cap, attempts_cap = _limits(state.system, stop)
+        lane_keys = keys[jnp.minimum(state.system, size - 1)]
         # (2 * _BLOCK, L): row j holds word j of every lane's block, contiguous.
         b0, b1 = _bits.threefry2x32(
-            lane_keys[None, :, 0], lane_keys[None, :, 1], block[None, :], _COUNTERS[:, None]
+            lane_keys[None, :, 0], lane_keys[None, :, 1], state.block[None, :], _COUNTERS[:, None]
         )
         words = jax.lax.optimization_barrier(b0 ^ b1)
 
@@ -312,30 +284,89 @@ def run_attempts_lanes(
             flips = flips + accepted.astype(jnp.int32)
             return lanes_carry, flips, attempts + live.astype(jnp.int32)
 
-        lanes_carry, flips, attempts = jax.lax.fori_loop(
-            0, _BLOCK, attempt, (lanes_carry, flips, attempts)
-        )
-        block = block + np.uint32(1)
-        return store, flips_out, attempts_out, lanes_carry, system, flips, attempts, block, queued
+        inner = (state.lanes_carry, state.flips, state.attempts)
+        lanes_carry, flips, attempts = jax.lax.fori_loop(0, _BLOCK, attempt, inner)
+        block = state.block + np.uint32(1)
+        return state._replace(lanes_carry=lanes_carry, flips=flips, attempts=attempts, block=block)
 
     def keep_going(state):
-        system, flips, attempts, queued = state[4], state[5], state[6], state[8]
-        events_cap, attempts_cap = limits(system)
-        return (queued < size) | jnp.any((flips < events_cap) & (attempts < attempts_cap))
+        events_cap, attempts_cap = _limits(state.system, stop)
+        running = (state.flips < events_cap) & (state.attempts < attempts_cap)
+        return (state.queued < size) | jnp.any(running)
 
     lane_zeros = jnp.zeros((lanes,), jnp.int32)
     counts = jnp.zeros((size,), jnp.int32)
-    idle = jnp.full((lanes,), size, jnp.int32)
-    lanes_carry = jax.tree.map(lambda x: x[:lanes], carry)
-    init = (carry, counts, counts, lanes_carry, idle, lane_zeros, lane_zeros)
-    init = (*init, lane_zeros.astype(jnp.uint32), jnp.int32(0))
-    state = jax.lax.while_loop(keep_going, block_body, init)
-    return refill(state)[:3]
+    init = _Lanes(
+        carry,
+        counts,
+        counts,
+        jax.tree.map(lambda x: x[:lanes], carry),
+        jnp.full((lanes,), size, jnp.int32),
+        lane_zeros,
+        lane_zeros,
+        lane_zeros.astype(jnp.uint32),
+        jnp.int32(0),
+    )
+    state = _refill(jax.lax.while_loop(keep_going, block_body, init), stop)
+    return state.store, state.flips_out, state.attempts_out
+
+
+class _Lanes(NamedTuple):
+    """State of ``run_attempts_lanes``: the B systems (``store`` and their final counts), and
+    per lane the system it runs (B: idle), its carry, counts and next block; ``queued``:
+    systems started so far."""
+
+    store: Any
+    flips_out: Int[Array, " B"]
+    attempts_out: Int[Array, " B"]
+    lanes_carry: Any
+    system: Int[Array, " L"]
+    flips: Int[Array, " L"]
+    attempts: Int[Array, " L"]
+    block: UInt32[Array, " L"]
+    queued: Int[Array, ""]
+
+
+def _limits(system, stop):
+    """The stopping rule of each lane's system; an idle lane (``system == B``) never runs."""
+    max_events, max_attempts = stop
+    size = max_events.shape[0]
+    safe = jnp.minimum(system, size - 1)
+    running = system < size
+    return jnp.where(running, max_events[safe], 0), jnp.where(running, max_attempts[safe], 0)
+
+
+def _refill(state: _Lanes, stop) -> _Lanes:
+    """Lanes whose system stopped write it back; free lanes take the next systems in order."""
+    size = stop[0].shape[0]
+    events_cap, attempts_cap = _limits(state.system, stop)
+    free = ~((state.flips < events_cap) & (state.attempts < attempts_cap))
+    # Index ``size`` drops the write (idle lanes).
+    target = jnp.where(free & (state.system < size), state.system, size)
+
+    def write(store, values):
+        return store.at[target].set(values, mode="drop")
+
+    store = jax.tree.map(write, state.store, state.lanes_carry)
+    new = state.queued + jnp.cumsum(free.astype(jnp.int32)) - 1
+    take = free & (new < size)
+    system = jnp.where(free, jnp.where(take, new, size), state.system)
+    loaded = jax.tree.map(lambda s: s[jnp.minimum(system, size - 1)], store)
+
+    def choose(old, new_):
+        return jnp.where(take.reshape(take.shape + (1,) * (old.ndim - 1)), new_, old)
+
+    return _Lanes(
+        store,
+        write(state.flips_out, state.flips),
+        write(state.attempts_out, state.attempts),
+        jax.tree.map(choose, state.lanes_carry, loaded),
+        system,
+        jnp.where(free, 0, state.flips),
+        jnp.where(free, 0, state.attempts),
+        jnp.where(free, jnp.uint32(0), state.block),
+        jnp.minimum(state.queued + free.astype(jnp.int32).sum(), size),
+    )
 
 
 _COUNTERS = np.arange(2 * _BLOCK, dtype=np.uint32)
-
-
-def _expand(mask, like):
-    """``mask (L,)`` broadcastable against ``like (L, ...)``."""
-    return mask.reshape(mask.shape + (1,) * (jnp.ndim(like) - 1))
