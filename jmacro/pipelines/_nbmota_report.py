@@ -275,9 +275,10 @@ def _costs(exp, metrics, seeds, scale) -> list[str]:
         f"| partial evolution of windows (pairs) | {pairs_s:.0f} | | | |",
         f"| SDE training (ours + baseline) | {train_s:.0f} | | | |",
         "",
-        "Direct-KMC events are nominal (events per vacancy of the horizon x vacancies); the "
-        "reference's 380 us/event is its NNK driver (`benchmarks/bench_alloy.py` measures both "
-        "barrier models against it in one process).",
+        "Direct-KMC events are the expected counts (horizon and validation events per "
+        "vacancy x vacancies; the runs stop at fixed times). The reference's 380 us/event is "
+        "its NNK driver; `benchmarks/bench_alloy.py` measures both barrier models against a "
+        "reference-style driver in one process.",
         "",
     ]
     return lines
