@@ -195,6 +195,7 @@ def prepare_run(argv: list[str]) -> tuple:
         # Comments above fields explain the code to its readers, they are not flag help.
         config=(tyro.conf.HelptextFromCommentsOff,),
     )
+    cfg.check_inputs()  # user-given files (e.g. model weights), before the run directory
     run_dir = Path(known.out) if known.out else pipelines.default_run_dir(cfg)
     pipelines.claim_run_dir(run_dir, cfg)
     return cfg, run_dir, known

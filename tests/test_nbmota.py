@@ -194,3 +194,13 @@ def test_the_coldest_temperature_sets_the_unit_of_time(smoke):
     dt = np.array([1.0, 3.0, 0.01, 0.03], np.float32)  # two cold pairs, two hot ones
     condition = temperature_condition([2000.0, 2000.0, 3000.0, 3000.0])
     assert smoke.model_time_scale(dt, condition) == pytest.approx(2.0)
+
+
+def test_the_cli_asks_for_the_nnk_weights_before_any_work(tmp_path, capsys):
+    from jmacro.cli import main
+
+    with pytest.raises(SystemExit) as excinfo:
+        main(["run", "nbmota", "--preset", "paper", "--out", str(tmp_path / "run"), "--quiet"])
+    assert excinfo.value.code == 2
+    assert "--nnk-weights" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

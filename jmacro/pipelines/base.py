@@ -398,6 +398,12 @@ class AbstractExperiment(abc.ABC):
         """Score of one test condition from normalised latents ``(R, T+1, d)``: a scalar or
         an array over time; its mean is the reported number (lower is better)."""
 
+    def check_inputs(self) -> None:
+        """Raise ``ValueError`` if a file or setting that a run needs but a preset cannot hold
+        (e.g. a path to model weights) is missing; the CLI calls it before any work. Default:
+        nothing to check."""
+        return None
+
     def model_time_scale(self, validation_dt: np.ndarray, validation_condition) -> float:
         """The SDE's unit of time (physical), from the validation pairs' durations ``(n,)``
         and conditions ``(n, k)`` (or None); default their mean (the reference's choice)."""

@@ -307,6 +307,11 @@ class NbMoTa(AbstractExperiment):
         return float(max(np.mean(validation_dt[keys == k]) for k in np.unique(keys)))
 
     # ---- hooks
+    def check_inputs(self) -> None:
+        """The NNK weights file, for ``barrier = "nnk"`` (``barrier_model``'s error)."""
+        if self.barrier == "nnk":
+            self.barrier_model()
+
     def system(self):
         return VacancyKMC(self.barrier_model(), self.train_temperatures[0])
 
