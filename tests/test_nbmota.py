@@ -57,6 +57,17 @@ def smoke():
     return get_experiment("nbmota", "smoke")
 
 
+@pytest.fixture(scope="module")
+def data(smoke):
+    """The smoke preset's hooks in a chain: small runs, tiled crystals, window pairs."""
+    system, scale = smoke.system(), smoke.scales()[0]
+    small = smoke.small_data(system, scale, jr.key(0), False)
+    frames = small["snapshots"].reshape(-1, 4, 4, 4, 2)
+    large = smoke.upsample(system, scale, frames, jr.key(1), False)
+    pairs = smoke.partial_pairs(system, scale, large, jr.key(2), False)
+    return small, large, pairs
+
+
 # ------------------------------------------------------------------------------ the latent
 def test_intra_tile_sro_counts_exactly_the_bonds_inside_tiles():
     occupancy = np.asarray(bcc.random_occupancy(jr.key(0), 4, 5))  # 5 vacancies
@@ -97,14 +108,11 @@ def test_a_tiled_crystal_has_its_frames_sro_not_the_seams():
     assert float(short_range_order(crystal)[mota]) < got[mota] - 0.3
 
 
-def test_encoder_pairs_are_the_window_formulas(smoke):
+def test_encoder_pairs_are_the_window_formulas(smoke, data):
     encoder = build_model(smoke.autoencoder_hyperparams(smoke.scales()[0]))
     assert isinstance(encoder, SROEncoder) and encoder.latent_names == ("NbMo", "NbTa", "MoTa")
     assert encoder.num_patches == 8 and encoder.patch_shape == (4, 4, 4, 2)
-    system, scale = smoke.system(), smoke.scales()[0]
-    small = smoke.small_data(system, scale, jr.key(0), False)["snapshots"]
-    large = smoke.upsample(system, scale, small[:, -1], jr.key(1), False)
-    pairs = smoke.partial_pairs(system, scale, large, jr.key(2), False)
+    _, large, pairs = data
     n = len(large)
     encoded = {
         method: encode_partial_evolution_pairs(
@@ -129,15 +137,11 @@ def test_encoder_pairs_are_the_window_formulas(smoke):
 
 
 # ------------------------------------------------------------------------------ the hooks
-def test_upsampled_crystals_are_equimolar_with_one_centred_vacancy_per_tile(smoke):
-    system, scale = smoke.system(), smoke.scales()[0]
-    small = smoke.small_data(system, scale, jr.key(0), False)
+def test_upsampled_crystals_are_equimolar_with_one_centred_vacancy_per_tile(smoke, data):
+    small, large, pairs = data
     runs, frames = small["snapshots"].shape[:2]
     assert runs == smoke.small.num_trajectories and frames == smoke.small.num_steps + 1
     assert np.all(np.diff(small["times"], axis=1) > 0)  # seconds, exponential waits
-    large = smoke.upsample(
-        system, scale, small["snapshots"].reshape(-1, 4, 4, 4, 2), jr.key(1), False
-    )
     assert large.shape == (2 * smoke.snapshots_per_temperature, 8, 8, 8, 2)
     centres = np.asarray(tile_centres(8, 4))
     for crystal in large:
@@ -145,7 +149,6 @@ def test_upsampled_crystals_are_equimolar_with_one_centred_vacancy_per_tile(smok
         assert counts[0] == 8 and counts[1:].max() - counts[1:].min() <= 1  # equimolar
         at_centres = np.asarray(bcc.gather_sites(jnp.asarray(crystal), jnp.asarray(centres)))
         assert np.all(at_centres == 0)  # the 8 vacancies sit at the 8 tile centres
-    pairs = smoke.partial_pairs(system, scale, large, jr.key(2), False)
     assert np.all(pairs["dt"] > 0) and np.all(pairs["patch_index"] < 8)
     temperatures = np.repeat(smoke.train_temperatures, smoke.snapshots_per_temperature)
     np.testing.assert_allclose(pairs["condition"][:, 0], (temperatures - 100) / 2900, rtol=1e-6)
