@@ -202,14 +202,11 @@ def test_curie_weiss_kernel_equals_numpy_transcription(shape, stop, field):
 
 
 LANE_CASES = [
-    # (shape, halo): periodic rows of 5, 16 and 32 bits; halo rows of 7, 18 and 32 bits; a
-    # halo row of 33 bits has no lane kernel (vmap of the scalar kernel): equal all the same.
+    # (shape, halo): a non-power-of-two lattice (null ticks), the pipelines' 16x16 patch in
+    # its frozen halo, and a long thin one.
     ((3, 5), False),
-    ((16, 16), False),
-    ((2, 32), False),
     ((16, 16), True),
-    ((4, 30), True),
-    ((3, 31), True),
+    ((2, 32), False),
 ]
 
 
@@ -244,8 +241,7 @@ def test_vmapped_ising_equals_one_lattice_at_a_time(shape, with_halo, monkeypatc
     assert int(batched[1].sum()) > 0
 
 
-@pytest.mark.parametrize("lanes", [None, 4])
-@pytest.mark.parametrize("shape", [(16, 16), (5, 7), (1, 33)])
+@pytest.mark.parametrize(("shape", "lanes"), [((16, 16), None), ((5, 7), 4), ((1, 33), None)])
 def test_vmapped_curie_weiss_equals_one_patch_at_a_time(shape, lanes, monkeypatch):
     """Vmapped Curie-Weiss patches equal each patch alone, with per-patch temperatures,
     backgrounds and stopping rules: in lock-step (the default) and on 4 switching lanes."""

@@ -73,6 +73,10 @@ def test_resuming_a_finished_run_recomputes_nothing(smoke_run):
 
 def test_one_changed_parameter_recomputes_only_what_depends_on_it(smoke_run):
     cfg, result = smoke_run
+    if cfg.name == "nbmota":
+        # Its SDE retraining costs about 50 s of CI's budget; the stage cache is the same
+        # code for every experiment and is checked on the other three.
+        pytest.skip("checked on the other experiments")
     changed = dataclasses.replace(cfg, sde=dataclasses.replace(cfg.sde, epochs=3))
     other = run(changed, result.run_dir.parent / "changed", progress=False)
     built = [s.name for s in other.stages if s.built]
