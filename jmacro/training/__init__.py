@@ -18,6 +18,7 @@ from jmacro.training.fit import (
     fit,
     init_opt_state,
     make_optimizer,
+    micro_batch_on_cpu,
     trainable_mask,
 )
 from jmacro.training.losses import (
@@ -66,6 +67,7 @@ __all__ = [
     "load_checkpoint",
     "load_model",
     "make_optimizer",
+    "micro_batch_on_cpu",
     "normalise_pairs",
     "partial_evolution_pair",
     "reconstruction_loss",

@@ -41,6 +41,7 @@ import optax
 from jaxtyping import PRNGKeyArray, PyTree
 from tqdm.auto import tqdm
 
+from jmacro._checks import check_positive_int
 from jmacro.models.base import AbstractNonTrainable
 from jmacro.training import checkpoint as ckpt
 
@@ -80,6 +81,15 @@ class TrainConfig:
             (d = 4, batch 256) on a 2-core CPU. Not for convolutional models on XLA:CPU: inside
             the scan's loop the convolutions are not rewritten to the fast (YNNPACK) kernels;
             the spin autoencoder's gradient ran ~13x slower there (issue 12).
+        micro_batch: compute each batch's gradient over micro-batches of this many samples,
+            one jitted call each, dealt round-robin over the local devices, then take one
+            optimiser step with their size-weighted mean: the same loss, gradient and update
+            as the whole batch up to float rounding, for a ``loss_fn`` that is the mean over
+            the batch of a per-sample loss that does not use the key (the autoencoder's
+            ``reconstruction_loss``); validation runs in micro-batches too. For convolutional
+            models on XLA:CPU: small micro-batches stay in cache and avoid page-faulting
+            fresh large buffers every step; the paper-width spin autoencoder trains several
+            times faster (issue 12, ``benchmarks/bench_training.py``). ``None``: whole batches.
     """
 
     learning_rate: float = 1e-3
@@ -98,13 +108,14 @@ class TrainConfig:
     val_batch_size: int | None = None
     show_progress: bool = True
     device_epochs: bool = False
+    micro_batch: int | None = None
 
     def __post_init__(self):
         for name in ("batch_size", "num_epochs", "plateau_patience"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive int, got {value!r}.")
-        for name in ("val_batch_size", "early_stopping_patience"):
+        for name in ("val_batch_size", "early_stopping_patience", "micro_batch"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value <= 0):
                 raise ValueError(f"{name} must be None or a positive int, got {value!r}.")
@@ -119,10 +130,20 @@ class TrainConfig:
             raise ValueError(f"plateau_factor must be in (0, 1), got {self.plateau_factor}.")
         if not self.weight_decay >= 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}.")
+        if self.micro_batch is not None and self.device_epochs:
+            raise ValueError("micro_batch and device_epochs cannot be combined.")
         if self.plateau_metric not in PLATEAU_METRICS:
             raise ValueError(
                 f"plateau_metric must be one of {PLATEAU_METRICS}, got {self.plateau_metric!r}."
             )
+
+
+def micro_batch_on_cpu(size: int) -> int | None:
+    """``size`` when JAX's default backend is the CPU, else ``None``: the
+    ``TrainConfig.micro_batch`` for a convolutional model, micro-batches on XLA:CPU and whole
+    batches on accelerators (which want large batches)."""
+    size = check_positive_int(size, "micro-batch size")
+    return size if jax.default_backend() == "cpu" else None
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -232,23 +253,46 @@ def init_opt_state(model: PyTree, config: TrainConfig) -> tuple[Any, Any]:
 def build_train_step(
     loss_fn: Callable[[Any, Any, PRNGKeyArray], jax.Array], config: TrainConfig
 ) -> Callable:
-    """The jitted ``make_step(model, opt_state, batch, key) -> (model, opt_state, loss)``.
+    """The ``make_step(model, opt_state, batch, key) -> (model, opt_state, loss)``: one jitted
+    step, or with ``config.micro_batch`` a host function of several jitted calls (see
+    ``TrainConfig.micro_batch``).
 
     Cached on the loss function and the optimiser settings, so that repeated ``fit`` calls
     (resumed runs, sweeps) reuse the compiled step.
     """
-    return _train_step(loss_fn, config.learning_rate, config.weight_decay, config.amsgrad)
+    optimiser = (config.learning_rate, config.weight_decay, config.amsgrad)
+    if config.micro_batch is not None:
+        return _micro_batch_step(loss_fn, *optimiser, config.micro_batch)
+    return _train_step(loss_fn, *optimiser)
 
 
-@functools.lru_cache(maxsize=32)
-def _train_step(loss_fn, learning_rate, weight_decay, amsgrad):
+def _step_optimizer(learning_rate, weight_decay, amsgrad):
     config = TrainConfig(
         learning_rate=learning_rate,
         min_learning_rate=learning_rate,
         weight_decay=weight_decay,
         amsgrad=amsgrad,
     )
-    step_optimizer, _ = make_optimizer(config)
+    return make_optimizer(config)[0]
+
+
+def _apply_gradients(step_optimizer, params, static, grads, opt_state):
+    """The model and optimiser state after one step of ``step_optimizer`` on ``grads``,
+    scaled by the plateau state's learning-rate factor."""
+    step_state, plateau_state = opt_state
+    # optax's bias correction raises a Python float to an int32 step count, which strict
+    # dtype promotion (the test suite's setting) refuses; jmacro's own arithmetic stays
+    # under whatever promotion the caller chose.
+    with jax.numpy_dtype_promotion("standard"):
+        updates, step_state = step_optimizer.update(grads, step_state, params)
+    updates = jax.tree.map(lambda u: plateau_state.scale * u, updates)
+    model = eqx.combine(optax.apply_updates(params, updates), static)
+    return model, (step_state, plateau_state)
+
+
+@functools.lru_cache(maxsize=32)
+def _train_step(loss_fn, learning_rate, weight_decay, amsgrad):
+    step_optimizer = _step_optimizer(learning_rate, weight_decay, amsgrad)
 
     @eqx.filter_jit
     def make_step(model, opt_state, batch, key):
@@ -258,17 +302,157 @@ def _train_step(loss_fn, learning_rate, weight_decay, amsgrad):
             return loss_fn(eqx.combine(params, static), batch, key)
 
         loss, grads = jax.value_and_grad(loss_of)(params)
-        step_state, plateau_state = opt_state
-        # optax's bias correction raises a Python float to an int32 step count, which strict
-        # dtype promotion (the test suite's setting) refuses; jmacro's own arithmetic stays
-        # under whatever promotion the caller chose.
-        with jax.numpy_dtype_promotion("standard"):
-            updates, step_state = step_optimizer.update(grads, step_state, params)
-        updates = jax.tree.map(lambda u: plateau_state.scale * u, updates)
-        model = eqx.combine(optax.apply_updates(params, updates), static)
-        return model, (step_state, plateau_state), loss
+        model, opt_state = _apply_gradients(step_optimizer, params, static, grads, opt_state)
+        return model, opt_state, loss
 
     return make_step
+
+
+@functools.lru_cache(maxsize=32)
+def _micro_batch_step(loss_fn, learning_rate, weight_decay, amsgrad, micro_batch):
+    """``make_step`` accumulating the gradient over micro-batches (``TrainConfig.micro_batch``):
+    the size-weighted sums of the micro-batches' losses and gradients (``_micro_batch_sums``),
+    divided by the batch size, then the optimiser step of ``_train_step``."""
+    step_optimizer = _step_optimizer(learning_rate, weight_decay, amsgrad)
+    weighted = _weighted_loss(loss_fn, True)
+
+    @eqx.filter_jit
+    def update(model, opt_state, sums, size):
+        loss, grads = jax.tree.map(lambda *a: sum(x.sum(0) for x in a) / size, *sums)
+        params, static = eqx.partition(model, trainable_mask(model))
+        model, opt_state = _apply_gradients(step_optimizer, params, static, grads, opt_state)
+        return model, opt_state, loss
+
+    def make_step(model, opt_state, batch, key):
+        # Committed to one device from the first step on, as the updated model is: an
+        # uncommitted initial model would make the second step compile everything again.
+        home = _devices_for(model)[0]
+        model, opt_state, key = _to_device((model, opt_state, key), home)
+        sums, size = _micro_batch_sums(weighted, model, batch, key, micro_batch)
+        return update(model, opt_state, sums, jnp.asarray(size, jnp.float32))
+
+    return make_step
+
+
+@functools.lru_cache(maxsize=32)
+def _weighted_loss(loss_fn, with_grad):
+    """``(model, batch, key) -> n loss_fn(...)``, and with ``with_grad`` n times the gradient
+    with respect to the trainable arrays too (n the batch size; key None when not)."""
+
+    def weighted(model, batch, key):
+        size = _num_samples(batch, "batch")
+        if not with_grad:
+            return size * loss_fn(model, batch, None)
+        params, static = eqx.partition(model, trainable_mask(model))
+
+        def loss_of(params):
+            return loss_fn(eqx.combine(params, static), batch, key)
+
+        return jax.tree.map(lambda a: size * a, jax.value_and_grad(loss_of)(params))
+
+    return weighted
+
+
+_SPLIT = "batch"
+
+
+def _micro_batch_sums(weighted, model, data, key, micro_batch):
+    """Sum of ``weighted(model, micro-batch, key)`` over the micro-batches of ``data`` (host or
+    device arrays), as a list of pytrees with a leading axis to sum over; and the size of data.
+
+    The local devices (D of them) take micro-batches D at a time: one jitted call shards D
+    consecutive micro-batches over a 1D mesh, each device adding its own to its running sums
+    (one compiled program for all devices). The remaining < D micro_batch samples, if any, are
+    one call on the model's device. Calls are dispatched asynchronously; nothing is read.
+    """
+    size = _num_samples(data, "data")
+    devices = _devices_for(model)
+    group = micro_batch * len(devices)
+    whole = size - size % group
+    parts = []
+    for mesh_devices, start, stop, step in (
+        (devices, 0, whole, group),
+        (devices[:1], whole, size, size - whole),
+    ):
+        if stop == start:
+            continue
+        mesh = jax.sharding.Mesh(np.asarray(mesh_devices, dtype=object), (_SPLIT,))
+        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(_SPLIT))
+        model_here, key_here = _to_device((model, key), replicated)
+        chunks = [
+            jax.device_put(jax.tree.map(lambda a, s=s, e=s + step: a[s:e], data), split)
+            for s in range(start, stop, step)
+        ]
+        run = _sharded_sum(weighted, mesh)
+        sums = _zero_sums(weighted, mesh, model_here, chunks[0], key_here)
+        for chunk in chunks:
+            sums = run(sums, model_here, chunk, key_here)
+        parts.append(_to_device(sums, devices[0]))
+    return parts, size
+
+
+@functools.lru_cache(maxsize=64)
+def _sharded_sum(weighted, mesh):
+    """Jitted ``(sums, model, batch, key) -> sums + weighted(...)`` with ``batch`` split over
+    ``mesh`` (each device its own slice and its own row of ``sums``), the rest replicated."""
+    spec = jax.sharding.PartitionSpec
+
+    @eqx.filter_jit
+    def run(sums, model, batch, key):
+        arrays, static = eqx.partition((model, key), eqx.is_array)
+
+        def body(sums, arrays, batch):
+            # Each device's own gradient: differentiating the replicated (device-invariant)
+            # model directly would sum the gradients over the devices (the transpose of the
+            # implicit broadcast to the devices' varying data).
+            arrays = jax.lax.pcast(arrays, _SPLIT, to="varying")
+            model, key = eqx.combine(arrays, static)
+            value = weighted(model, batch, key)
+            return jax.tree.map(lambda total, v: total + v[None], sums, value)
+
+        return jax.shard_map(
+            body, mesh=mesh, in_specs=(spec(_SPLIT), spec(), spec(_SPLIT)), out_specs=spec(_SPLIT)
+        )(sums, arrays, batch)
+
+    return run
+
+
+_ZERO_SUMS: dict = {}
+
+
+def _zero_sums(weighted, mesh, model, batch, key):
+    """Zeros shaped as ``_sharded_sum``'s running sums, split over ``mesh`` (cached by shapes:
+    tracing the loss every step would cost more than a micro-batch)."""
+    leaves, treedef = jax.tree.flatten((model, batch, key))
+    signature = tuple((np.shape(a), str(getattr(a, "dtype", type(a)))) for a in leaves)
+    cache_key = (weighted, mesh, treedef, signature)
+    if cache_key not in _ZERO_SUMS:
+        rows = mesh.devices.size
+        piece = jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct((a.shape[0] // rows, *a.shape[1:]), a.dtype), batch
+        )
+        shapes = eqx.filter_eval_shape(weighted, model, piece, key)
+        split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(_SPLIT))
+        zeros = jax.tree.map(lambda a: np.zeros((rows, *a.shape), a.dtype), shapes)
+        if len(_ZERO_SUMS) > 64:
+            _ZERO_SUMS.clear()
+        _ZERO_SUMS[cache_key] = jax.device_put(zeros, split)
+    return _ZERO_SUMS[cache_key]
+
+
+def _to_device(tree, device):
+    """``tree`` with its arrays on ``device`` (a device or a sharding; other leaves as they are)."""
+    arrays, static = eqx.partition(tree, eqx.is_array)
+    return eqx.combine(jax.device_put(arrays, device), static)
+
+
+def _devices_for(model) -> list:
+    """The local devices of the platform ``model``'s arrays live on, theirs first."""
+    arrays = [leaf for leaf in jax.tree.leaves(model) if isinstance(leaf, jax.Array)]
+    home = next(iter(arrays[0].devices())) if arrays else jax.local_devices()[0]
+    others = [d for d in jax.local_devices(backend=home.platform) if d != home]
+    return [home, *others]
 
 
 @functools.lru_cache(maxsize=32)
@@ -337,7 +521,12 @@ def fit(
     val_batch_size = min(config.val_batch_size or config.batch_size, num_val)
 
     make_step = build_train_step(loss_fn, config)
-    evaluate = build_eval_step(val_loss_fn)
+    if config.micro_batch is None:
+        evaluate = build_eval_step(val_loss_fn)
+        evaluate_all = lambda m, d: _evaluate(evaluate, m, d, num_val, val_batch_size)  # noqa: E731
+    else:
+        weighted = _weighted_loss(val_loss_fn, False)
+        evaluate_all = lambda m, d: _evaluate_micro_batches(weighted, m, d, config.micro_batch)  # noqa: E731
     plateau_step = _plateau_step(**_plateau_settings(config))
     key_shuffle, key_steps = jr.split(key)
     shuffle_seed = _host_seed(key_shuffle)
@@ -368,7 +557,7 @@ def fit(
                 make_step, state.model, state.opt_state, data, order, batch_size, num_batches,
                 step_keys, epoch, progress, config,
             )  # fmt: skip
-            val_loss = _evaluate(evaluate, model, val_data, num_val, val_batch_size)
+            val_loss = evaluate_all(model, val_data)
             if not math.isfinite(val_loss):
                 raise NonFiniteLossError(val_loss, epoch + 1, None, num_batches)
             state, record = _end_epoch(
@@ -529,6 +718,13 @@ def _evaluate(evaluate, model, data, num_samples, batch_size) -> float:
         batch = jax.tree.map(lambda a, s=start, e=stop: np.asarray(a[s:e]), data)
         total += float(evaluate(model, batch)) * (stop - start)
     return total / num_samples
+
+
+def _evaluate_micro_batches(weighted, model, data, micro_batch) -> float:
+    """Mean loss over ``data`` in micro-batches over the local devices (``_micro_batch_sums``)."""
+    model = _to_device(model, _devices_for(model)[0])
+    parts, size = _micro_batch_sums(weighted, model, data, None, micro_batch)
+    return sum(float(np.asarray(part, np.float64).sum()) for part in parts) / size
 
 
 def _start_or_resume(directory, state, config, hyperparams):
