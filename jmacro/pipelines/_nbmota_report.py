@@ -15,10 +15,13 @@ import json
 import warnings
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jmacro.io.storage import load_dataset
 from jmacro.models import SRO_COORDINATES
+from jmacro.observables import short_range_order
 from jmacro.pipelines.report import _pyplot, _save
 from jmacro.pipelines.scoring import mean_se
 
@@ -152,8 +155,6 @@ def _late_table(exp, stats, late, num_seeds) -> list[str]:
 def _whole_vs_intra(exp, metrics, seeds, late) -> list[str]:
     """The direct KMC's whole-crystal SRO (every bond) against its intra-tile SRO (the
     latent): equal within noise for a homogeneous crystal."""
-    from jmacro.pipelines.nbmota import _sro
-
     index = list(SRO_COORDINATES[exp.sro_coordinates])
     gaps = []
     for seed in seeds:
@@ -282,3 +283,19 @@ def _costs(exp, metrics, seeds, scale) -> list[str]:
         "",
     ]
     return lines
+
+
+@jax.jit
+def _sro_batch(occupancy):
+    return jax.vmap(short_range_order)(occupancy)
+
+
+def _sro(occupancy) -> np.ndarray:
+    """``short_range_order`` (every bond) of ``(..., L, L, L, 2)``: ``(..., 6)`` float32."""
+    occupancy = np.asarray(occupancy)
+    flat = occupancy.reshape(-1, *occupancy.shape[-4:])
+    sro = np.concatenate([
+        np.asarray(_sro_batch(jnp.asarray(flat[i : i + 4096])))
+        for i in range(0, len(flat), 4096)
+    ])  # fmt: skip
+    return sro.reshape(*occupancy.shape[:-4], 6).astype(np.float32)

@@ -56,8 +56,8 @@ import numpy as np
 from jmacro import bcc
 from jmacro.metrics import relative_squared_error
 from jmacro.models import SRO_COORDINATES, SRO_NAMES, model_hyperparams
-from jmacro.observables import short_range_order
 from jmacro.pipelines import base
+from jmacro.pipelines._nbmota_report import _sro, nbmota_sections
 from jmacro.pipelines.base import AbstractExperiment, Scale, SDEVariant, param
 from jmacro.scale.alloy import evolve_vacancy_window, tile_centres, tile_upsample
 from jmacro.systems import KRABarrier, NNKBarrier, VacancyKMC
@@ -507,8 +507,6 @@ class NbMoTa(AbstractExperiment):
         return relative_squared_error(predicted, truth)
 
     def report_sections(self, run_dir, metrics, replicates):
-        from jmacro.pipelines._nbmota_report import nbmota_sections
-
         return nbmota_sections(self, run_dir, metrics, replicates)
 
     def describe(self):
@@ -603,22 +601,6 @@ def window_picks(key, runs: int, frames: int, width: int, num_tiles: int) -> jax
     run = jr.randint(key_run, (num_tiles,), 0, runs)
     frame = low + jr.randint(key_frame, (num_tiles,), 0, width)
     return run * frames + frame
-
-
-@jax.jit
-def _sro_batch(occupancy):
-    return jax.vmap(short_range_order)(occupancy)
-
-
-def _sro(occupancy) -> np.ndarray:
-    """``short_range_order`` (every bond) of ``(..., L, L, L, 2)``: ``(..., 6)`` float32."""
-    occupancy = np.asarray(occupancy)
-    flat = occupancy.reshape(-1, *occupancy.shape[-4:])
-    sro = np.concatenate([
-        np.asarray(_sro_batch(jnp.asarray(flat[i : i + 4096])))
-        for i in range(0, len(flat), 4096)
-    ])  # fmt: skip
-    return sro.reshape(*occupancy.shape[:-4], 6).astype(np.float32)
 
 
 __all__ = ["NbMoTa", "temperature_condition", "window_picks"]
