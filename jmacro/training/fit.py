@@ -369,6 +369,7 @@ def _micro_batch_sums(weighted, model, data, key, micro_batch):
     devices = _devices_for(model)
     group = micro_batch * len(devices)
     whole = size - size % group
+    arrays, skeleton = eqx.partition(model, eqx.is_array)
     parts = []
     for mesh_devices, start, stop, step in (
         (devices, 0, whole, group),
@@ -377,43 +378,46 @@ def _micro_batch_sums(weighted, model, data, key, micro_batch):
         if stop == start:
             continue
         mesh = jax.sharding.Mesh(np.asarray(mesh_devices, dtype=object), (_SPLIT,))
-        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
         split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(_SPLIT))
-        model_here, key_here = _to_device((model, key), replicated)
+        # One copy of the model per device, split over the mesh as the data are: a model
+        # replicated over the mesh is device-invariant, and differentiating it inside
+        # shard_map would sum the gradients over the devices.
+        rows = len(mesh_devices)
+        copies = jax.tree.map(lambda a, n=rows: jnp.broadcast_to(a, (n, *a.shape)), arrays)
+        copies = jax.device_put(copies, split)
+        key_here = _to_device(key, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
         chunks = [
             jax.device_put(jax.tree.map(lambda a, s=s, e=s + step: a[s:e], data), split)
             for s in range(start, stop, step)
         ]
         run = _sharded_sum(weighted, mesh)
-        sums = _zero_sums(weighted, mesh, model_here, chunks[0], key_here)
+        sums = _zero_sums(weighted, mesh, model, chunks[0], key)
         for chunk in chunks:
-            sums = run(sums, model_here, chunk, key_here)
+            sums = run(sums, copies, skeleton, chunk, key_here)
         parts.append(_to_device(sums, devices[0]))
     return parts, size
 
 
 @functools.lru_cache(maxsize=64)
 def _sharded_sum(weighted, mesh):
-    """Jitted ``(sums, model, batch, key) -> sums + weighted(...)`` with ``batch`` split over
-    ``mesh`` (each device its own slice and its own row of ``sums``), the rest replicated."""
+    """Jitted ``(sums, copies, skeleton, batch, key) -> sums + weighted(model, batch, key)``,
+    ``copies`` (the model's arrays, one row per device), ``batch`` and ``sums`` split over
+    ``mesh``, ``key`` replicated; ``skeleton`` is the rest of the model."""
     spec = jax.sharding.PartitionSpec
 
     @eqx.filter_jit
-    def run(sums, model, batch, key):
-        arrays, static = eqx.partition((model, key), eqx.is_array)
-
-        def body(sums, arrays, batch):
-            # Each device's own gradient: differentiating the replicated (device-invariant)
-            # model directly would sum the gradients over the devices (the transpose of the
-            # implicit broadcast to the devices' varying data).
-            arrays = jax.lax.pcast(arrays, _SPLIT, to="varying")
-            model, key = eqx.combine(arrays, static)
+    def run(sums, copies, skeleton, batch, key):
+        def body(sums, copies, batch, key):
+            model = eqx.combine(jax.tree.map(lambda a: a[0], copies), skeleton)
             value = weighted(model, batch, key)
             return jax.tree.map(lambda total, v: total + v[None], sums, value)
 
         return jax.shard_map(
-            body, mesh=mesh, in_specs=(spec(_SPLIT), spec(), spec(_SPLIT)), out_specs=spec(_SPLIT)
-        )(sums, arrays, batch)
+            body,
+            mesh=mesh,
+            in_specs=(spec(_SPLIT), spec(_SPLIT), spec(_SPLIT), spec()),
+            out_specs=spec(_SPLIT),
+        )(sums, copies, batch, key)
 
     return run
 
