@@ -374,7 +374,10 @@ def _pool_2x2_signed(x: Float[Array, "h w c"], upper: Bool[Array, " c"]) -> Floa
     """2x2 max pooling of the channels where ``upper``, min pooling of the others.
 
     The gradient is ``_max_pool_2x2``'s (JAX's ``maximum`` rule: ties share equally, pair by
-    pair), written as one interleave instead of four strided-slice transposes and additions.
+    pair): each site's share of its window's gradient (1, 1/2, 1/4 or 0) is computed in the
+    forward pass and kept, interleaved once into the input's layout, so the backward pass is
+    the pooled gradient repeated over each window times the shares, with no interleave of
+    four strided views (measured 1.07-1.14x on the paper-width training step).
     """
     return _pool_2x2_signed_fwd(x, upper)[0]
 
@@ -383,27 +386,27 @@ def _pool_2x2_signed_fwd(x, upper):
     # -max(-a, -b) = min(a, b) exactly: min pooling is max pooling of the negated channel.
     u = jnp.where(upper, x, -x)
     views = (u[::2, ::2], u[1::2, ::2], u[::2, 1::2], u[1::2, 1::2])
-    pooled = jnp.maximum(jnp.maximum(views[0], views[1]), jnp.maximum(views[2], views[3]))
-    return jnp.where(upper, pooled, -pooled), u
-
-
-def _pool_2x2_signed_bwd(u, g):
-    views = (u[::2, ::2], u[1::2, ::2], u[::2, 1::2], u[1::2, 1::2])
     left, right = jnp.maximum(views[0], views[1]), jnp.maximum(views[2], views[3])
+    pooled = jnp.maximum(left, right)
     # d out / d x = sign * share * sign: the signs of the min-pooled channels cancel.
-    g_left, g_right = g * _max_share(left, right), g * _max_share(right, left)
-    grads = (
-        g_left * _max_share(views[0], views[1]),
-        g_left * _max_share(views[1], views[0]),
-        g_right * _max_share(views[2], views[3]),
-        g_right * _max_share(views[3], views[2]),
+    share_left, share_right = _max_share(left, right), _max_share(right, left)
+    shares = (
+        share_left * _max_share(views[0], views[1]),
+        share_left * _max_share(views[1], views[0]),
+        share_right * _max_share(views[2], views[3]),
+        share_right * _max_share(views[3], views[2]),
     )
-    # views[r + 2 c] is x[r::2, c::2]: interleave rows (r) and columns (c) back, one copy
-    # instead of four strided-slice transposes (pads) and their sum.
-    h2, w2, channels = g.shape
-    stacked = jnp.stack([jnp.stack([grads[0], grads[2]]), jnp.stack([grads[1], grads[3]])])
-    dx = jnp.transpose(stacked, (2, 0, 3, 1, 4)).reshape(2 * h2, 2 * w2, channels)
-    return dx, None
+    # views[r + 2 c] is x[r::2, c::2]: interleave rows (r) and columns (c) back.
+    stacked = jnp.stack([jnp.stack([shares[0], shares[2]]), jnp.stack([shares[1], shares[3]])])
+    shares = jnp.transpose(stacked, (2, 0, 3, 1, 4)).reshape(x.shape)
+    return jnp.where(upper, pooled, -pooled), shares
+
+
+def _pool_2x2_signed_bwd(shares, g):
+    half_height, half_width, channels = g.shape
+    windows = (half_height, 2, half_width, 2, channels)
+    repeated = jnp.broadcast_to(g[:, None, :, None, :], windows).reshape(shares.shape)
+    return repeated * shares, None
 
 
 def _max_share(a, b):
