@@ -1,21 +1,27 @@
-"""Training throughput of the closure autoencoder and of the latent SDE (one JSON line).
+"""Training throughput, jmacro against the original configuration in the same run: one JSON
+line per case (``samples_per_s``, ``original_samples_per_s``, ``ratio``).
 
-- autoencoder: the Ising-size model (64x64 lattice, 16x16 patches, K = 16, closure_dim 2),
-  reconstruction (BCE) loss, batch 512 (reference), for the reference CNN width
-  (base_channels 32) and a CPU-sized one (base_channels 8);
-- SDE: d = 4, full diffusion (reference architecture), partial-evolution loss with lambda = 16,
-  batch 1024 (reference).
+Cases:
+- ``autoencoder_c32``: the paper-width closure autoencoder (64x64 lattice, 16x16 patches,
+  K = 16, closure_dim 2, base_channels 32), reconstruction (BCE) loss, batch 512 (reference),
+  AMSGrad. jmacro: the pipeline's path, the layers as now and micro-batches of 8 over the
+  local devices (``TrainConfig(micro_batch=micro_batch_on_cpu(8))``). Original: the layers
+  as first written (``closure.plain_layers``: norm before pooling, dilated transposed
+  convolutions) and one jitted step on the whole batch, as before issue 12. Also the whole
+  batch with the layers as now (``whole_batch_samples_per_s``: the layer rewrite alone).
+- ``autoencoder_c8``: the same at the CPU-sized width (base_channels 8).
+- ``autoencoder_c32_fit``: whole ``fit`` epochs of the paper-width autoencoder (3,072
+  training and 512 validation snapshots, batch 512, validation included), with the
+  pipeline's settings against the original configuration, after a one-epoch fit that compiles.
+- ``sde_fit``: whole ``fit`` epochs of the latent SDE (d = 4, full diffusion, 16,384 pairs,
+  batch 256, validation included): ``device_epochs`` (each epoch one jitted ``lax.scan``)
+  against the host loop.
 
-Throughput = samples (configurations or pairs) per second through the jitted ``make_step``,
-fed host NumPy batches as ``fit`` does, after a warm-up step (compile time reported apart).
-Also whole ``fit`` epochs of the SDE (16,384 pairs, batch 256, validation included) with the
-host loop and with ``device_epochs=True`` (each epoch one jitted ``lax.scan``), after a warm-up
-fit that compiles.
-
-Also the paper-width autoencoder (base_channels 32, batch 512) before and after the layer
-rewrite of issue 12 (the norm after the pooling, sub-pixel transposed convolutions), in the
-same process: "before" traces the layers as first written (``closure.plain_layers``), the
-steps alternate between the two, and the ratio is the ratio of the medians.
+Every step is the same optimiser step on host NumPy batches as ``fit`` takes; the cases'
+configurations alternate step by step (the machine is shared: a ratio from one run, not
+absolute rates, is what to compare), each after a compiling step and a warm step; samples/s
+from the median step time. ``first_loss`` of each configuration shows that they compute the
+same loss.
 
 Usage: python benchmarks/bench_training.py [--steps N] [--only-autoencoder]
 """
@@ -23,6 +29,7 @@ Usage: python benchmarks/bench_training.py [--steps N] [--only-autoencoder]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -43,139 +50,167 @@ from jmacro.training import (
     fit,
     increment_loss_fn,
     init_opt_state,
+    micro_batch_on_cpu,
     reconstruction_loss,
 )
 
+MICRO_BATCH = 8  # the pipeline's (jmacro.pipelines.runner, autoencoder stage)
 
-def measure(model, loss_fn, batches, config, num_steps):
-    make_step = build_train_step(loss_fn, config)
-    opt_state = init_opt_state(model, config)
-    key = jr.key(0)
-    start = time.perf_counter()
-    model, opt_state, loss = make_step(model, opt_state, batches[0], key)
-    loss.block_until_ready()
-    compile_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    for step in range(num_steps):
-        model, opt_state, loss = make_step(model, opt_state, batches[step % len(batches)], key)
-    loss.block_until_ready()
-    seconds = time.perf_counter() - start
-    batch_size = jax.tree.leaves(batches[0])[0].shape[0]
+
+def _environment() -> dict:
     return {
-        "samples_per_s": round(num_steps * batch_size / seconds, 1),
-        "ms_per_step": round(1e3 * seconds / num_steps, 2),
-        "batch_size": batch_size,
-        "compile_s": round(compile_seconds, 2),
-    }
-
-
-def autoencoder_before_after(batches, num_steps):
-    """The paper-width autoencoder's training step with the layers as first written (before)
-    and as now (after), alternating step by step in one process; samples/s from the median
-    step time of each, and their ratio. Also the largest difference of the first step's loss
-    between the two (same model, same batch)."""
-    model = make_spin_autoencoder(jr.key(1), 64, 16, closure_dim=2, base_channels=32)
-    config = TrainConfig(learning_rate=2e-4, batch_size=512)
-    opt_state = init_opt_state(model, config)
-    key = jr.key(0)
-    steps, losses, compile_s = {}, {}, {}
-    for name in ("before", "after"):
-        # A fresh loss function per path: build_train_step caches on it, and the switch is
-        # read when the step is traced (its first call).
-        step = build_train_step(lambda m, b, k: reconstruction_loss(m, b, k), config)
-        start = time.perf_counter()
-        if name == "before":
-            with plain_layers():
-                loss = step(model, opt_state, batches[0], key)[2]
-        else:
-            loss = step(model, opt_state, batches[0], key)[2]
-        losses[name] = float(loss)
-        compile_s[name] = round(time.perf_counter() - start, 2)
-        steps[name] = step
-    seconds = {name: [] for name in steps}
-    states = {name: (model, opt_state) for name in steps}
-    for i in range(num_steps):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            m, o, loss = step(*states[name], batches[i % len(batches)], key)
-            loss.block_until_ready()
-            seconds[name].append(time.perf_counter() - start)
-            states[name] = (m, o)
-    batch_size = batches[0].shape[0]
-    rates = {name: batch_size / statistics.median(s) for name, s in seconds.items()}
-    return {
-        "before_samples_per_s": round(rates["before"], 1),
-        "after_samples_per_s": round(rates["after"], 1),
-        "ratio": round(rates["after"] / rates["before"], 2),
-        "steps_each": num_steps,
-        "batch_size": batch_size,
-        "step_ratios": [
-            round(b / a, 2) for b, a in zip(seconds["before"], seconds["after"], strict=True)
-        ],
-        "first_loss_before": losses["before"],
-        "first_loss_after": losses["after"],
-        "compile_s": compile_s,
-    }
-
-
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--only-autoencoder", action="store_true")
-    args = parser.parse_args()
-    rng = np.random.default_rng(0)
-    result = {
-        "benchmark": "training_throughput",
         "device": jax.devices()[0].device_kind,
+        "local_devices": jax.local_device_count(),
         "cpu_count": os.cpu_count(),
         "jax": jax.__version__,
         "python": platform.python_version(),
     }
 
-    spins = [np.where(rng.random((512, 64, 64)) < 0.5, 1, -1).astype(np.int8) for _ in range(2)]
-    result["autoencoder_64x64_p16_c32_before_after"] = autoencoder_before_after(
-        spins, max(2, args.steps // 4)
-    )
-    if args.only_autoencoder:
-        print(json.dumps(result))
-        return
-    ae_config = TrainConfig(learning_rate=2e-4, batch_size=512)
-    for channels in (32, 8):
-        model = make_spin_autoencoder(jr.key(1), 64, 16, closure_dim=2, base_channels=channels)
-        steps = max(2, args.steps // (4 if channels == 32 else 1))
-        result[f"autoencoder_64x64_p16_c{channels}"] = measure(
-            model, reconstruction_loss, spins, ae_config, steps
-        )
 
-    pairs = [
-        IncrementPairs(
-            rng.normal(size=(1024, 4)).astype(np.float32),
-            rng.normal(size=(1024, 4)).astype(np.float32),
-            rng.uniform(0.5, 1.5, 1024).astype(np.float32),
-        )
-        for _ in range(4)
-    ]
-    sde = make_latent_sde(jr.key(2), 4, "full")
-    result["sde_d4_full"] = measure(
-        sde, increment_loss_fn(covariance_scale=16.0), pairs, TrainConfig(), 10 * args.steps
+class _Path:
+    """One training configuration: its step function and its own model/optimiser state."""
+
+    def __init__(self, model, config, plain):
+        # A fresh loss per path: build_train_step caches on it, and plain_layers is read when
+        # the step is traced (its first call).
+        self.step = build_train_step(lambda m, b, k: reconstruction_loss(m, b, k), config)
+        self.state = (model, init_opt_state(model, config))
+        self.plain = plain
+        self.seconds: list[float] = []
+
+    def __call__(self, batch, key):
+        start = time.perf_counter()
+        if self.plain:
+            with plain_layers():
+                out = self.step(*self.state, batch, key)
+        else:
+            out = self.step(*self.state, batch, key)
+        jax.block_until_ready(out)
+        self.state = out[:2]
+        return time.perf_counter() - start, float(out[2])
+
+
+def autoencoder_case(base_channels: int, num_steps: int, batches) -> dict:
+    """Original vs whole-batch (layers as now) vs jmacro (+ micro-batches), alternating."""
+    model = make_spin_autoencoder(jr.key(1), 64, 16, closure_dim=2, base_channels=base_channels)
+    config = TrainConfig(learning_rate=2e-4, batch_size=batches[0].shape[0])
+    micro = dataclasses.replace(config, micro_batch=micro_batch_on_cpu(MICRO_BATCH))
+    paths = {
+        "original": _Path(model, config, plain=True),
+        "whole_batch": _Path(model, config, plain=False),
+        "jmacro": _Path(model, micro, plain=False),
+    }
+    key = jr.key(0)
+    compile_s, first_loss = {}, {}
+    for name, path in paths.items():
+        compile_s[name], first_loss[name] = path(batches[0], key)
+        path(batches[1 % len(batches)], key)  # warm: the updated (committed) state
+    for i in range(num_steps):
+        for path in paths.values():
+            path.seconds.append(path(batches[i % len(batches)], key)[0])
+    size = batches[0].shape[0]
+    rate = {name: size / statistics.median(p.seconds) for name, p in paths.items()}
+    original = paths["original"].seconds
+    return {
+        "case": f"autoencoder_c{base_channels}",
+        "samples_per_s": round(rate["jmacro"], 1),
+        "original_samples_per_s": round(rate["original"], 1),
+        "ratio": round(rate["jmacro"] / rate["original"], 2),
+        "whole_batch_samples_per_s": round(rate["whole_batch"], 1),
+        "step_ratios": [
+            round(o / j, 2) for o, j in zip(original, paths["jmacro"].seconds, strict=True)
+        ],
+        "batch_size": size,
+        "micro_batch": micro.micro_batch,
+        "steps_each": num_steps,
+        "compile_s": {k: round(v, 1) for k, v in compile_s.items()},
+        "first_loss": first_loss,
+        **_environment(),
+    }
+
+
+def autoencoder_fit_case(rng, num_epochs: int) -> dict:
+    """Whole fit epochs of the paper-width autoencoder: the pipeline's settings (jmacro) vs
+    the layers as first written and whole batches (original); each after a one-epoch fit."""
+    train, val = (
+        np.where(rng.random((n, 64, 64)) < 0.5, 1, -1).astype(np.int8) for n in (3072, 512)
     )
+    model = make_spin_autoencoder(jr.key(1), 64, 16, closure_dim=2, base_channels=32)
+    config = TrainConfig(learning_rate=2e-4, batch_size=512, show_progress=False)
+    configs = {
+        "original": config,
+        "jmacro": dataclasses.replace(config, micro_batch=micro_batch_on_cpu(MICRO_BATCH)),
+    }
+    # A fresh loss per configuration: fit caches its compiled step on the loss function, and
+    # plain_layers is read when the step is traced.
+    losses = {name: (lambda m, b, k: reconstruction_loss(m, b, k)) for name in configs}
+
+    def timed_fit(name, epochs):
+        start = time.perf_counter()
+        cfg = dataclasses.replace(configs[name], num_epochs=epochs)
+        context = plain_layers() if name == "original" else contextlib.nullcontext()
+        with context:
+            result = fit(model, losses[name], train, val, jr.key(3), cfg)
+        return time.perf_counter() - start, [round(r.val_loss, 6) for r in result.history]
+
+    warm = {name: timed_fit(name, 1)[0] for name in configs}
+    seconds, val_losses = {}, {}
+    for name in configs:
+        seconds[name], val_losses[name] = timed_fit(name, num_epochs)
+    rate = {name: num_epochs * len(train) / seconds[name] for name in configs}
+    return {
+        "case": "autoencoder_c32_fit",
+        "samples_per_s": round(rate["jmacro"], 1),
+        "original_samples_per_s": round(rate["original"], 1),
+        "ratio": round(rate["jmacro"] / rate["original"], 2),
+        "epochs": num_epochs,
+        "train_samples": len(train),
+        "val_samples": len(val),
+        "warm_up_fit_s": {k: round(v, 1) for k, v in warm.items()},
+        "val_losses": val_losses,
+        **_environment(),
+    }
+
+
+def sde_fit_case(rng) -> dict:
+    """Whole fit epochs of the latent SDE, device_epochs (jmacro) vs the host loop."""
     many = IncrementPairs(
         *(rng.normal(size=(16384, 4)).astype(np.float32) for _ in range(2)),
         rng.uniform(0.5, 1.5, 16384).astype(np.float32),
     )
+    sde = make_latent_sde(jr.key(2), 4, "full")
     loss = increment_loss_fn(covariance_scale=16.0)
+    seconds = {}
     for device_epochs in (False, True):
         config = TrainConfig(batch_size=256, show_progress=False, device_epochs=device_epochs)
         fit(sde, loss, many, many, jr.key(3), dataclasses.replace(config, num_epochs=1))
         start = time.perf_counter()
         fit(sde, loss, many, many, jr.key(3), dataclasses.replace(config, num_epochs=3))
-        seconds = time.perf_counter() - start
-        name = "device_epochs" if device_epochs else "host_loop"
-        result[f"sde_d4_full_fit_batch256_{name}"] = {
-            "pairs_per_s": round(3 * 16384 / seconds, 1),
-            "s_per_epoch": round(seconds / 3, 3),
-        }
-    print(json.dumps(result))
+        seconds[device_epochs] = time.perf_counter() - start
+    rate = {k: 3 * 16384 / v for k, v in seconds.items()}
+    return {
+        "case": "sde_fit_batch256",
+        "samples_per_s": round(rate[True], 1),
+        "original_samples_per_s": round(rate[False], 1),
+        "ratio": round(rate[True] / rate[False], 2),
+        "jmacro": "device_epochs",
+        "original": "host loop",
+        **_environment(),
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per configuration")
+    parser.add_argument("--only-autoencoder", action="store_true")
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    spins = [np.where(rng.random((512, 64, 64)) < 0.5, 1, -1).astype(np.int8) for _ in range(2)]
+    print(json.dumps(autoencoder_case(32, args.steps, spins)), flush=True)
+    print(json.dumps(autoencoder_case(8, 2 * args.steps, spins)), flush=True)
+    print(json.dumps(autoencoder_fit_case(rng, 2)), flush=True)
+    if not args.only_autoencoder:
+        print(json.dumps(sde_fit_case(rng)), flush=True)
 
 
 if __name__ == "__main__":

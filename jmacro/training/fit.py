@@ -80,16 +80,19 @@ class TrainConfig:
             models are bound by per-step dispatch: measured 2.3x faster for the latent SDE
             (d = 4, batch 256) on a 2-core CPU. Not for convolutional models on XLA:CPU: inside
             the scan's loop the convolutions are not rewritten to the fast (YNNPACK) kernels;
-            the spin autoencoder's gradient ran ~13x slower there (issue 12).
-        micro_batch: compute each batch's gradient over micro-batches of this many samples,
-            one jitted call each, dealt round-robin over the local devices, then take one
-            optimiser step with their size-weighted mean: the same loss, gradient and update
-            as the whole batch up to float rounding, for a ``loss_fn`` that is the mean over
-            the batch of a per-sample loss that does not use the key (the autoencoder's
+            the spin autoencoder's gradient ran ~13x slower there (issue 12); use
+            ``micro_batch`` for those.
+        micro_batch: compute each batch's loss and gradient over micro-batches of this many
+            samples, one per local device at a time (one jitted ``shard_map`` call per D
+            micro-batches, the remainder in one call), then take one optimiser step with
+            their size-weighted mean: the same loss, gradient and update as the whole batch
+            up to float rounding, for a ``loss_fn`` that is the mean over the batch of a
+            per-sample loss that does not use the key (the autoencoder's
             ``reconstruction_loss``); validation runs in micro-batches too. For convolutional
-            models on XLA:CPU: small micro-batches stay in cache and avoid page-faulting
-            fresh large buffers every step; the paper-width spin autoencoder trains several
-            times faster (issue 12, ``benchmarks/bench_training.py``). ``None``: whole batches.
+            models on XLA:CPU: small micro-batches stay in cache, stop page-faulting fresh
+            large buffers every step and keep every core busy; the paper-width spin
+            autoencoder trains about 4x faster (issue 12, ``benchmarks/bench_training.py``).
+            ``None``: whole batches.
     """
 
     learning_rate: float = 1e-3
